@@ -1,0 +1,4 @@
+"""The MS-VLM model, its phantom data generator, training and evaluation.
+
+Importable without the ``node`` package.
+"""

@@ -1,0 +1,318 @@
+"""The study index: what the receive side learns from an instance and records.
+
+:func:`inspect_encoded` parses only the header of the bytes as received (never
+the pixel data) and checks that the Pixel Data element is complete, so a
+truncated transfer is refused instead of being stored. :class:`Indexer` writes
+the study, series and instance rows; the instance row commits in the same
+transaction as its parents, after the file is durable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.errors import InvalidUIDError, NodeError
+from node.schema import Association, Instance, Series, Study, utcnow
+from node.sop_classes import (
+    CT_MR_IMAGE_STORAGE,
+    OWN_MANUFACTURER,
+    SECONDARY_CAPTURE_STORAGE,
+    SR_STORAGE,
+)
+from node.statuses import Status
+from node.store import validate_uid
+
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+class RejectedInstance(NodeError):
+    """An instance we refuse, with the DIMSE status to answer."""
+
+    def __init__(self, status: Status, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """The header facts the index needs, taken from one received instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    instance_number: int | None
+    own_output: bool
+    study: dict[str, Any]
+    series: dict[str, Any]
+
+
+def inspect_encoded(data: bytes, *, requested_sop_class: str, requested_sop_instance: str,
+                    transfer_syntax: str) -> InstanceInfo:
+    """Parse and check one received dataset (Part 10 bytes with file meta)."""
+    stream = BytesIO(data)
+    try:
+        ds = pydicom.dcmread(stream, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"unparseable dataset: {exc}") from exc
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    sop_instance = str(ds.get("SOPInstanceUID", "") or "")
+    if sop_class != requested_sop_class or sop_instance != requested_sop_instance:
+        raise RejectedInstance(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Class/Instance UID in the dataset differ from the C-STORE request",
+        )
+    try:
+        study_uid = validate_uid(str(ds.get("StudyInstanceUID", "") or ""), "Study Instance UID")
+        series_uid = validate_uid(str(ds.get("SeriesInstanceUID", "") or ""), "Series Instance UID")
+        validate_uid(sop_instance, "SOP Instance UID")
+    except InvalidUIDError as exc:
+        status = Status.MISSING_ATTRIBUTE if "missing" in str(exc) else Status.INVALID_UID
+        raise RejectedInstance(status, str(exc)) from exc
+
+    own_output = False
+    if sop_class in SR_STORAGE:
+        if str(ds.get("Manufacturer", "")) != OWN_MANUFACTURER:
+            raise RejectedInstance(
+                Status.SOP_CLASS_NOT_SUPPORTED,
+                "Structured Reports are accepted only from msvlm-node itself",
+            )
+        own_output = True
+    elif sop_class in CT_MR_IMAGE_STORAGE or sop_class in SECONDARY_CAPTURE_STORAGE:
+        _check_pixel_data_complete(data, stream.tell(), transfer_syntax)
+    else:  # negotiation should have prevented this
+        raise RejectedInstance(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} not accepted")
+
+    return InstanceInfo(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        transfer_syntax_uid=transfer_syntax,
+        instance_number=_int(ds, "InstanceNumber"),
+        own_output=own_output,
+        study={
+            "patient_id": _text(ds, "PatientID", 64),
+            "patient_name": _text(ds, "PatientName", 324),
+            "accession_number": _text(ds, "AccessionNumber", 16),
+            "study_date": _text(ds, "StudyDate", 8),
+            "study_description": _text(ds, "StudyDescription", 64),
+        },
+        series={
+            "modality": _text(ds, "Modality", 16),
+            "sop_class_uid": sop_class,
+            "series_number": _int(ds, "SeriesNumber"),
+            "series_description": _text(ds, "SeriesDescription", 64),
+            "image_type": _text(ds, "ImageType", 128),
+            "body_part": _text(ds, "BodyPartExamined", 16),
+            "image_orientation": _text(ds, "ImageOrientationPatient", 128),
+            "slice_thickness": _float(ds, "SliceThickness"),
+            "series_time": _text(ds, "SeriesTime", 16),
+            "acquisition_time": _text(ds, "AcquisitionTime", 16),
+            "contrast_agent": _text(ds, "ContrastBolusAgent", 64),
+            "contrast_route": _text(ds, "ContrastBolusRoute", 64),
+            "contrast_start_time": _text(ds, "ContrastBolusStartTime", 16),
+            "scanning_sequence": _text(ds, "ScanningSequence", 64),
+            "sequence_variant": _text(ds, "SequenceVariant", 64),
+            "echo_time": _float(ds, "EchoTime"),
+            "repetition_time": _float(ds, "RepetitionTime"),
+            "inversion_time": _float(ds, "InversionTime"),
+            "own_output": own_output,
+        },
+    )
+
+
+def _check_pixel_data_complete(data: bytes, offset: int, transfer_syntax: str) -> None:
+    """Refuse a dataset whose Pixel Data is missing or shorter than it declares.
+
+    Reads the element header at ``offset`` (where pydicom stopped) and compares
+    the declared length with the bytes received; for encapsulated pixel data
+    the stream must end with the sequence delimiter. Deflated datasets are
+    checked by inflating them fully, since their byte offsets are not raw.
+    """
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        try:
+            full = pydicom.dcmread(BytesIO(data))
+            _ = full.PixelData
+        except Exception as exc:
+            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"deflated dataset incomplete: {exc}") from exc
+        return
+    if offset >= len(data):
+        raise RejectedInstance(Status.MISSING_ATTRIBUTE, "image has no Pixel Data")
+    endian = ">" if transfer_syntax == ExplicitVRBigEndian else "<"
+    group, element = struct.unpack(endian + "HH", data[offset:offset + 4])
+    if (group << 16 | element) not in PIXEL_DATA_TAGS:
+        raise RejectedInstance(Status.MISSING_ATTRIBUTE, "image has no Pixel Data")
+    if transfer_syntax == ImplicitVRLittleEndian:
+        (length,) = struct.unpack("<I", data[offset + 4:offset + 8])
+        value_start = offset + 8
+    else:
+        (length,) = struct.unpack(endian + "I", data[offset + 8:offset + 12])
+        value_start = offset + 12
+    if length == 0xFFFFFFFF:
+        if not data.endswith(_SEQUENCE_DELIMITER):
+            raise RejectedInstance(
+                Status.CANNOT_UNDERSTAND, "encapsulated Pixel Data is truncated (no sequence delimiter)"
+            )
+        return
+    received = len(data) - value_start
+    if length > received:
+        raise RejectedInstance(
+            Status.CANNOT_UNDERSTAND,
+            f"dataset truncated: Pixel Data declares {length} bytes, {received} received",
+        )
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text[:limit] or None
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else float(value)
+    except Exception:
+        return None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except Exception:
+        return None
+
+
+def receiver_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Indexer:
+    """Writes the receive side's rows. Safe to share between association threads."""
+
+    def __init__(self, engine: Engine, factory: sessionmaker[Session]):
+        self.factory = factory
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._series_study: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def record_instance(self, info: InstanceInfo, *, path: str, size: int, association_id: int | None) -> None:
+        """Insert or refresh the instance row (and its study/series) in one transaction."""
+        known_study = self._series_study.get(info.series_instance_uid)
+        if known_study is not None and known_study != info.study_instance_uid:
+            raise RejectedInstance(Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study")
+        now = utcnow()
+        with self.factory() as session, session.begin():
+            if known_study is None:
+                self._ensure_parents(session, info, now)
+            existing = session.execute(
+                select(Instance.series_instance_uid).where(Instance.sop_instance_uid == info.sop_instance_uid)
+            ).scalar_one_or_none()
+            if existing is not None and existing != info.series_instance_uid:
+                raise RejectedInstance(
+                    Status.CONFLICTING_INSTANCE, "SOP Instance UID already stored in another series"
+                )
+            values = {
+                "sop_instance_uid": info.sop_instance_uid,
+                "sop_class_uid": info.sop_class_uid,
+                "series_instance_uid": info.series_instance_uid,
+                "study_instance_uid": info.study_instance_uid,
+                "transfer_syntax_uid": info.transfer_syntax_uid,
+                "instance_number": info.instance_number,
+                "path": path,
+                "size_bytes": size,
+                "received_at": now,
+                "receive_count": 1,
+                "association_id": association_id,
+            }
+            stmt = self._insert(Instance).values(**values)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[Instance.sop_instance_uid],
+                set_={
+                    "transfer_syntax_uid": stmt.excluded.transfer_syntax_uid,
+                    "instance_number": stmt.excluded.instance_number,
+                    "size_bytes": stmt.excluded.size_bytes,
+                    "received_at": stmt.excluded.received_at,
+                    "association_id": stmt.excluded.association_id,
+                    "receive_count": Instance.receive_count + 1,
+                },
+            )
+            session.execute(stmt)
+        with self._lock:
+            self._series_study[info.series_instance_uid] = info.study_instance_uid
+
+    def _ensure_parents(self, session: Session, info: InstanceInfo, now: Any) -> None:
+        session.execute(
+            self._insert(Study)
+            .values(study_instance_uid=info.study_instance_uid, first_received_at=now, **info.study)
+            .on_conflict_do_nothing(index_elements=[Study.study_instance_uid])
+        )
+        session.execute(
+            self._insert(Series)
+            .values(
+                series_instance_uid=info.series_instance_uid,
+                study_instance_uid=info.study_instance_uid,
+                first_received_at=now,
+                **info.series,
+            )
+            .on_conflict_do_nothing(index_elements=[Series.series_instance_uid])
+        )
+        owner = session.execute(
+            select(Series.study_instance_uid).where(Series.series_instance_uid == info.series_instance_uid)
+        ).scalar_one()
+        if owner != info.study_instance_uid:
+            raise RejectedInstance(Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study")
+
+    def open_association(self, *, calling_ae: str, called_ae: str, host: str, port: int, tls: bool,
+                         outcome: str = "open", rejection_reason: str | None = None) -> int:
+        with self.factory() as session, session.begin():
+            row = Association(
+                calling_ae=calling_ae[:16],
+                called_ae=called_ae[:16],
+                peer_host=host[:64],
+                peer_port=port,
+                tls=tls,
+                receiver=receiver_identity(),
+                started_at=utcnow(),
+                outcome=outcome,
+                rejection_reason=rejection_reason,
+                ended_at=utcnow() if outcome == "rejected" else None,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def close_association(self, association_id: int, *, outcome: str, received: int, failed: int,
+                          nbytes: int) -> None:
+        with self.factory() as session, session.begin():
+            session.execute(
+                update(Association)
+                .where(Association.id == association_id)
+                .values(ended_at=utcnow(), outcome=outcome, instances_received=received,
+                        instances_failed=failed, bytes_received=nbytes)
+            )

@@ -1,0 +1,275 @@
+"""The DICOM SCP: C-ECHO and C-STORE, with the caller allow-list and TLS.
+
+The C-STORE handler is thin and total, in the style of pynetdicom's own
+``apps``: check, write atomically, record, and return a named
+:class:`~node.statuses.Status` — whatever happens, it answers, and it answers
+Success only once the file is durable and its index row committed. The handler's
+dependencies travel in its argument tuple (:class:`ReceiveContext`), never in
+globals, so several receivers can live in one test process.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.association import Association as PynAssociation
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.config import Settings
+from node.errors import ConfigError, DiskFullError, StorageError
+from node.index import Indexer, RejectedInstance, inspect_encoded
+from node.sop_classes import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
+from node.statuses import Status
+from node.store import InstanceStore
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+_REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+_REJECT_BUSY = (0x02, 0x03, 0x02)
+
+
+@dataclass
+class _AssocState:
+    row_id: int
+    received: int = 0
+    failed: int = 0
+    nbytes: int = 0
+
+
+@dataclass
+class ReceiveContext:
+    """Everything the handlers need, bound through pynetdicom's handler args."""
+
+    settings: Settings
+    store: InstanceStore
+    indexer: Indexer
+    tls: bool
+    associations: dict[PynAssociation, _AssocState] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def state(self, assoc: PynAssociation) -> _AssocState | None:
+        with self.lock:
+            return self.associations.get(assoc)
+
+
+def check_caller(settings: Settings, *, calling_ae: str, called_ae: str, host: str,
+                 active: int) -> tuple[tuple[int, int, int], str] | None:
+    """Why an association must be refused, or ``None`` to accept it."""
+    if called_ae != settings.node.ae_title:
+        return _REJECT_CALLED_AE, f"called AE title {called_ae!r} is not ours ({settings.node.ae_title!r})"
+    peers = [p for p in settings.security.peers if p.ae_title == calling_ae]
+    if not peers and not settings.security.accept_unknown_callers:
+        return _REJECT_CALLING_AE, f"calling AE title {calling_ae!r} is not in the allow-list"
+    if peers and not any(p.host is None or p.host == host for p in peers):
+        return _REJECT_CALLING_AE, f"calling AE title {calling_ae!r} is not allowed from {host}"
+    if active > settings.node.max_associations:
+        return _REJECT_BUSY, f"{active - 1} associations already active (limit {settings.node.max_associations})"
+    return None
+
+
+def handle_requested(event: Event, ctx: ReceiveContext) -> None:
+    """Apply the allow-list before negotiation; record and log every rejection."""
+    assoc = event.assoc
+    calling = assoc.requestor.primitive.calling_ae_title.strip()
+    called = assoc.requestor.primitive.called_ae_title.strip()
+    host, port = assoc.requestor.address, assoc.requestor.port
+    active = sum(1 for a in assoc.ae.active_associations if a.is_acceptor)
+    refusal = check_caller(ctx.settings, calling_ae=calling, called_ae=called, host=host, active=active)
+    if refusal is None:
+        return
+    reason_code, reason = refusal
+    log.warning("receive.association_rejected",
+                extra={"calling_ae": calling, "peer": f"{host}:{port}", "reason": reason})
+    try:
+        ctx.indexer.open_association(calling_ae=calling, called_ae=called, host=host, port=port,
+                                     tls=ctx.tls, outcome="rejected", rejection_reason=reason)
+    except SQLAlchemyError:
+        log.exception("receive.rejection_not_recorded", extra={"calling_ae": calling})
+    assoc.acse.send_reject(*reason_code)
+    assoc.kill()  # as pynetdicom does after its own rejections: stop the DUL reader
+
+
+def handle_accepted(event: Event, ctx: ReceiveContext) -> None:
+    assoc = event.assoc
+    calling = assoc.requestor.ae_title.strip()
+    row_id = ctx.indexer.open_association(
+        calling_ae=calling, called_ae=ctx.settings.node.ae_title,
+        host=assoc.requestor.address, port=assoc.requestor.port, tls=ctx.tls,
+    )
+    with ctx.lock:
+        ctx.associations[assoc] = _AssocState(row_id=row_id)
+    log.info("receive.association_accepted",
+             extra={"association": row_id, "calling_ae": calling,
+                    "peer": f"{assoc.requestor.address}:{assoc.requestor.port}"})
+
+
+def handle_ended(event: Event, ctx: ReceiveContext) -> None:
+    """Close the association's row on release or abort (the settle step reads it)."""
+    outcome = "released" if event.event == evt.EVT_RELEASED else "aborted"
+    with ctx.lock:
+        state = ctx.associations.pop(event.assoc, None)
+    if state is None:
+        return
+    ctx.indexer.close_association(state.row_id, outcome=outcome, received=state.received,
+                                  failed=state.failed, nbytes=state.nbytes)
+    log.info("receive.association_" + outcome,
+             extra={"association": state.row_id, "instances": state.received,
+                    "failed": state.failed, "bytes": state.nbytes})
+
+
+def handle_echo(event: Event) -> int:
+    return int(Status.SUCCESS)
+
+
+def handle_store(event: Event, ctx: ReceiveContext) -> Dataset:
+    """Store one instance durably and index it; always answer with a named status."""
+    state = ctx.state(event.assoc)
+    request = event.request
+    status, comment = _store(event, ctx, state)
+    if state is not None:
+        with ctx.lock:
+            if status == Status.SUCCESS:
+                state.received += 1
+            else:
+                state.failed += 1
+    if status != Status.SUCCESS:
+        log.warning("receive.store_failed",
+                    extra={"sop_instance_uid": str(request.AffectedSOPInstanceUID)[:64],
+                           "status": f"0x{status:04X}", "status_name": status.name, "reason": comment})
+    response = Dataset()
+    response.Status = int(status)
+    if comment:
+        response.ErrorComment = comment[:64]
+    return response
+
+
+def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tuple[Status, str]:
+    request = event.request
+    transfer_syntax = str(event.context.transfer_syntax)
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        info = inspect_encoded(
+            data,
+            requested_sop_class=str(request.AffectedSOPClassUID),
+            requested_sop_instance=str(request.AffectedSOPInstanceUID),
+            transfer_syntax=transfer_syntax,
+        )
+        ctx.store.check_space(len(data))
+        relative = ctx.store.relative_path(info.study_instance_uid, info.series_instance_uid,
+                                           info.sop_instance_uid)
+        size = ctx.store.write(relative, (data,))
+        ctx.indexer.record_instance(info, path=relative, size=size,
+                                    association_id=state.row_id if state else None)
+    except RejectedInstance as exc:
+        return exc.status, str(exc)
+    except DiskFullError as exc:
+        return Status.OUT_OF_RESOURCES_DISK, str(exc)
+    except StorageError as exc:
+        return Status.OUT_OF_RESOURCES_STORAGE, str(exc)
+    except SQLAlchemyError as exc:
+        log.error("receive.index_failed", extra={"error": type(exc).__name__})
+        return Status.OUT_OF_RESOURCES_DATABASE, "database unavailable; retry later"
+    if state is not None:
+        with ctx.lock:
+            state.nbytes += size
+    log.debug("receive.stored", extra={"sop_instance_uid": info.sop_instance_uid, "bytes": size})
+    return Status.SUCCESS, ""
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """An association server whose port several receiver processes can share.
+
+    With SO_REUSEPORT the kernel spreads incoming connections over every
+    process listening on the port, which is how one node uses every core
+    despite the GIL.
+    """
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    sec = settings.security
+    if not sec.tls_enabled:
+        return None
+    if sec.tls_certificate is None or sec.tls_private_key is None:
+        raise ConfigError("security.tls_certificate and security.tls_private_key are required with TLS")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(sec.tls_certificate, sec.tls_private_key)
+        if sec.tls_ca_certificates is not None:
+            context.load_verify_locations(cafile=str(sec.tls_ca_certificates))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"security.tls_*: cannot load certificate/key/CA: {exc}") from exc
+    if sec.tls_require_client_certificate:
+        if sec.tls_ca_certificates is None:
+            raise ConfigError("security.tls_ca_certificates is required to verify client certificates")
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def build_server(settings: Settings, ctx: ReceiveContext,
+                 ssl_context: ssl.SSLContext | None) -> ThreadedAssociationServer:
+    """Bind the SCP (not yet serving); call ``serve_forever`` on the result."""
+    node = settings.node
+    ae = AE(ae_title=node.ae_title)
+    ae.maximum_associations = node.max_associations + 1  # our own check records the refusal
+    ae.maximum_pdu_size = node.max_pdu_size
+    ae.network_timeout = node.network_timeout_seconds
+    ae.acse_timeout = node.acse_timeout_seconds
+    ae.dimse_timeout = node.dimse_timeout_seconds
+    ae.require_called_aet = False  # checked (and recorded) in handle_requested
+    for uid in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES))
+    ae.add_supported_context("1.2.840.10008.1.1")  # Verification
+    handlers: list[Any] = [
+        (evt.EVT_REQUESTED, handle_requested, [ctx]),
+        (evt.EVT_ACCEPTED, handle_accepted, [ctx]),
+        (evt.EVT_RELEASED, handle_ended, [ctx]),
+        (evt.EVT_ABORTED, handle_ended, [ctx]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [ctx]),
+    ]
+    return ae.make_server(
+        (node.host, node.port),
+        ae_title=node.ae_title,
+        ssl_context=ssl_context,
+        evt_handlers=handlers,
+        server_class=ReusePortServer,
+    )
+
+
+def drain(server: ThreadedAssociationServer, *, timeout: float) -> int:
+    """Stop accepting, wait for in-flight associations, abort stragglers.
+
+    Returns how many associations had to be aborted after ``timeout``.
+    """
+    # TCPServer.shutdown stops serve_forever (running in another thread); pynetdicom's
+    # own shutdown() expects a server registered by start_server, which ours is not.
+    socketserver.TCPServer.shutdown(server)
+    server.server_close()
+    deadline = threading.Event()
+    waited = 0.0
+    while server.active_associations and waited < timeout:
+        deadline.wait(0.1)
+        waited += 0.1
+    stragglers = server.active_associations
+    for assoc in stragglers:
+        assoc.abort()
+    return len(stragglers)
