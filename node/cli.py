@@ -63,8 +63,9 @@ def _cmd_phantom(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msvlm-node", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help=f"TOML config file (env {CONFIG_ENV})")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help=f"(env {ENV_MIRRORS['log_level']})")
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help=f"(env {ENV_MIRRORS['log_level']})"
+    )
     parser.add_argument("--database-url", help=f"(env {ENV_MIRRORS['database_url']})")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -80,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", help="apply every migration").set_defaults(handler=_cmd_db_upgrade)
     db.add_parser("check", help="fail unless the schema is current").set_defaults(handler=_cmd_db_check)
 
-    phantom = sub.add_parser("phantom", help="write synthetic phantom studies (see its --help)",
-                             add_help=False)
+    phantom = sub.add_parser(
+        "phantom", help="write synthetic phantom studies (see its --help)", add_help=False
+    )
     phantom.add_argument("phantom_args", nargs=argparse.REMAINDER)
     phantom.set_defaults(handler=_cmd_phantom)
     return parser

@@ -62,8 +62,9 @@ class InstanceInfo:
     series: dict[str, Any]
 
 
-def inspect_encoded(data: bytes, *, requested_sop_class: str, requested_sop_instance: str,
-                    transfer_syntax: str) -> InstanceInfo:
+def inspect_encoded(
+    data: bytes, *, requested_sop_class: str, requested_sop_instance: str, transfer_syntax: str
+) -> InstanceInfo:
     """Parse and check one received dataset (Part 10 bytes with file meta)."""
     stream = BytesIO(data)
     try:
@@ -72,6 +73,8 @@ def inspect_encoded(data: bytes, *, requested_sop_class: str, requested_sop_inst
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"unparseable dataset: {exc}") from exc
     sop_class = str(ds.get("SOPClassUID", "") or "")
     sop_instance = str(ds.get("SOPInstanceUID", "") or "")
+    if not sop_class or not sop_instance:
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "dataset has no SOP Class/Instance UID")
     if sop_class != requested_sop_class or sop_instance != requested_sop_instance:
         raise RejectedInstance(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -155,14 +158,14 @@ def _check_pixel_data_complete(data: bytes, offset: int, transfer_syntax: str) -
     if offset >= len(data):
         raise RejectedInstance(Status.MISSING_ATTRIBUTE, "image has no Pixel Data")
     endian = ">" if transfer_syntax == ExplicitVRBigEndian else "<"
-    group, element = struct.unpack(endian + "HH", data[offset:offset + 4])
+    group, element = struct.unpack(endian + "HH", data[offset : offset + 4])
     if (group << 16 | element) not in PIXEL_DATA_TAGS:
         raise RejectedInstance(Status.MISSING_ATTRIBUTE, "image has no Pixel Data")
     if transfer_syntax == ImplicitVRLittleEndian:
-        (length,) = struct.unpack("<I", data[offset + 4:offset + 8])
+        (length,) = struct.unpack("<I", data[offset + 4 : offset + 8])
         value_start = offset + 8
     else:
-        (length,) = struct.unpack(endian + "I", data[offset + 8:offset + 12])
+        (length,) = struct.unpack(endian + "I", data[offset + 8 : offset + 12])
         value_start = offset + 12
     if length == 0xFFFFFFFF:
         if not data.endswith(_SEQUENCE_DELIMITER):
@@ -221,11 +224,15 @@ class Indexer:
         self._series_study: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def record_instance(self, info: InstanceInfo, *, path: str, size: int, association_id: int | None) -> None:
+    def record_instance(
+        self, info: InstanceInfo, *, path: str, size: int, association_id: int | None
+    ) -> None:
         """Insert or refresh the instance row (and its study/series) in one transaction."""
         known_study = self._series_study.get(info.series_instance_uid)
         if known_study is not None and known_study != info.study_instance_uid:
-            raise RejectedInstance(Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study")
+            raise RejectedInstance(
+                Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study"
+            )
         now = utcnow()
         with self.factory() as session, session.begin():
             if known_study is None:
@@ -286,10 +293,21 @@ class Indexer:
             select(Series.study_instance_uid).where(Series.series_instance_uid == info.series_instance_uid)
         ).scalar_one()
         if owner != info.study_instance_uid:
-            raise RejectedInstance(Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study")
+            raise RejectedInstance(
+                Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study"
+            )
 
-    def open_association(self, *, calling_ae: str, called_ae: str, host: str, port: int, tls: bool,
-                         outcome: str = "open", rejection_reason: str | None = None) -> int:
+    def open_association(
+        self,
+        *,
+        calling_ae: str,
+        called_ae: str,
+        host: str,
+        port: int,
+        tls: bool,
+        outcome: str = "open",
+        rejection_reason: str | None = None,
+    ) -> int:
         with self.factory() as session, session.begin():
             row = Association(
                 calling_ae=calling_ae[:16],
@@ -307,12 +325,18 @@ class Indexer:
             session.flush()
             return row.id
 
-    def close_association(self, association_id: int, *, outcome: str, received: int, failed: int,
-                          nbytes: int) -> None:
+    def close_association(
+        self, association_id: int, *, outcome: str, received: int, failed: int, nbytes: int
+    ) -> None:
         with self.factory() as session, session.begin():
             session.execute(
                 update(Association)
                 .where(Association.id == association_id)
-                .values(ended_at=utcnow(), outcome=outcome, instances_received=received,
-                        instances_failed=failed, bytes_received=nbytes)
+                .values(
+                    ended_at=utcnow(),
+                    outcome=outcome,
+                    instances_received=received,
+                    instances_failed=failed,
+                    bytes_received=nbytes,
+                )
             )

@@ -64,8 +64,9 @@ class ReceiveContext:
             return self.associations.get(assoc)
 
 
-def check_caller(settings: Settings, *, calling_ae: str, called_ae: str, host: str,
-                 active: int) -> tuple[tuple[int, int, int], str] | None:
+def check_caller(
+    settings: Settings, *, calling_ae: str, called_ae: str, host: str, active: int
+) -> tuple[tuple[int, int, int], str] | None:
     """Why an association must be refused, or ``None`` to accept it."""
     if called_ae != settings.node.ae_title:
         return _REJECT_CALLED_AE, f"called AE title {called_ae!r} is not ours ({settings.node.ae_title!r})"
@@ -75,7 +76,10 @@ def check_caller(settings: Settings, *, calling_ae: str, called_ae: str, host: s
     if peers and not any(p.host is None or p.host == host for p in peers):
         return _REJECT_CALLING_AE, f"calling AE title {calling_ae!r} is not allowed from {host}"
     if active > settings.node.max_associations:
-        return _REJECT_BUSY, f"{active - 1} associations already active (limit {settings.node.max_associations})"
+        return (
+            _REJECT_BUSY,
+            f"{active - 1} associations already active (limit {settings.node.max_associations})",
+        )
     return None
 
 
@@ -90,11 +94,20 @@ def handle_requested(event: Event, ctx: ReceiveContext) -> None:
     if refusal is None:
         return
     reason_code, reason = refusal
-    log.warning("receive.association_rejected",
-                extra={"calling_ae": calling, "peer": f"{host}:{port}", "reason": reason})
+    log.warning(
+        "receive.association_rejected",
+        extra={"calling_ae": calling, "peer": f"{host}:{port}", "reason": reason},
+    )
     try:
-        ctx.indexer.open_association(calling_ae=calling, called_ae=called, host=host, port=port,
-                                     tls=ctx.tls, outcome="rejected", rejection_reason=reason)
+        ctx.indexer.open_association(
+            calling_ae=calling,
+            called_ae=called,
+            host=host,
+            port=port,
+            tls=ctx.tls,
+            outcome="rejected",
+            rejection_reason=reason,
+        )
     except SQLAlchemyError:
         log.exception("receive.rejection_not_recorded", extra={"calling_ae": calling})
     assoc.acse.send_reject(*reason_code)
@@ -105,14 +118,22 @@ def handle_accepted(event: Event, ctx: ReceiveContext) -> None:
     assoc = event.assoc
     calling = assoc.requestor.ae_title.strip()
     row_id = ctx.indexer.open_association(
-        calling_ae=calling, called_ae=ctx.settings.node.ae_title,
-        host=assoc.requestor.address, port=assoc.requestor.port, tls=ctx.tls,
+        calling_ae=calling,
+        called_ae=ctx.settings.node.ae_title,
+        host=assoc.requestor.address,
+        port=assoc.requestor.port,
+        tls=ctx.tls,
     )
     with ctx.lock:
         ctx.associations[assoc] = _AssocState(row_id=row_id)
-    log.info("receive.association_accepted",
-             extra={"association": row_id, "calling_ae": calling,
-                    "peer": f"{assoc.requestor.address}:{assoc.requestor.port}"})
+    log.info(
+        "receive.association_accepted",
+        extra={
+            "association": row_id,
+            "calling_ae": calling,
+            "peer": f"{assoc.requestor.address}:{assoc.requestor.port}",
+        },
+    )
 
 
 def handle_ended(event: Event, ctx: ReceiveContext) -> None:
@@ -122,11 +143,18 @@ def handle_ended(event: Event, ctx: ReceiveContext) -> None:
         state = ctx.associations.pop(event.assoc, None)
     if state is None:
         return
-    ctx.indexer.close_association(state.row_id, outcome=outcome, received=state.received,
-                                  failed=state.failed, nbytes=state.nbytes)
-    log.info("receive.association_" + outcome,
-             extra={"association": state.row_id, "instances": state.received,
-                    "failed": state.failed, "bytes": state.nbytes})
+    ctx.indexer.close_association(
+        state.row_id, outcome=outcome, received=state.received, failed=state.failed, nbytes=state.nbytes
+    )
+    log.info(
+        "receive.association_" + outcome,
+        extra={
+            "association": state.row_id,
+            "instances": state.received,
+            "failed": state.failed,
+            "bytes": state.nbytes,
+        },
+    )
 
 
 def handle_echo(event: Event) -> int:
@@ -145,9 +173,15 @@ def handle_store(event: Event, ctx: ReceiveContext) -> Dataset:
             else:
                 state.failed += 1
     if status != Status.SUCCESS:
-        log.warning("receive.store_failed",
-                    extra={"sop_instance_uid": str(request.AffectedSOPInstanceUID)[:64],
-                           "status": f"0x{status:04X}", "status_name": status.name, "reason": comment})
+        log.warning(
+            "receive.store_failed",
+            extra={
+                "sop_instance_uid": str(request.AffectedSOPInstanceUID)[:64],
+                "status": f"0x{status:04X}",
+                "status_name": status.name,
+                "reason": comment,
+            },
+        )
     response = Dataset()
     response.Status = int(status)
     if comment:
@@ -167,11 +201,13 @@ def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tupl
             transfer_syntax=transfer_syntax,
         )
         ctx.store.check_space(len(data))
-        relative = ctx.store.relative_path(info.study_instance_uid, info.series_instance_uid,
-                                           info.sop_instance_uid)
+        relative = ctx.store.relative_path(
+            info.study_instance_uid, info.series_instance_uid, info.sop_instance_uid
+        )
         size = ctx.store.write(relative, (data,))
-        ctx.indexer.record_instance(info, path=relative, size=size,
-                                    association_id=state.row_id if state else None)
+        ctx.indexer.record_instance(
+            info, path=relative, size=size, association_id=state.row_id if state else None
+        )
     except RejectedInstance as exc:
         return exc.status, str(exc)
     except DiskFullError as exc:
@@ -224,8 +260,9 @@ def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def build_server(settings: Settings, ctx: ReceiveContext,
-                 ssl_context: ssl.SSLContext | None) -> ThreadedAssociationServer:
+def build_server(
+    settings: Settings, ctx: ReceiveContext, ssl_context: ssl.SSLContext | None
+) -> ThreadedAssociationServer:
     """Bind the SCP (not yet serving); call ``serve_forever`` on the result."""
     node = settings.node
     ae = AE(ae_title=node.ae_title)

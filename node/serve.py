@@ -15,6 +15,8 @@ import signal
 import threading
 from pathlib import Path
 
+import pydicom.config
+
 from node.config import Settings
 from node.db import create_db_engine, ensure_schema, session_factory
 from node.index import Indexer
@@ -27,24 +29,41 @@ log = logging.getLogger(__name__)
 
 def open_store(settings: Settings) -> InstanceStore:
     s = settings.storage
-    return InstanceStore(Path(s.path), min_free_mb=s.min_free_mb, max_used_percent=s.max_used_percent,
-                         fsync=s.fsync)
+    return InstanceStore(
+        Path(s.path), min_free_mb=s.min_free_mb, max_used_percent=s.max_used_percent, fsync=s.fsync
+    )
 
 
 def run_receiver(settings: Settings, stop: threading.Event, ready: threading.Event | None = None) -> None:
     """Serve C-ECHO/C-STORE until ``stop`` is set, then drain."""
+    # we validate what we index ourselves (UIDs, pixel data); pydicom's own read
+    # validation would only add a log line per odd value from a peer
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     engine = create_db_engine(settings.database.url, echo=settings.database.echo)
     store = open_store(settings)
     ssl_context = build_ssl_context(settings)
-    ctx = ReceiveContext(settings=settings, store=store, indexer=Indexer(engine, session_factory(engine)),
-                         tls=ssl_context is not None)
+    ctx = ReceiveContext(
+        settings=settings,
+        store=store,
+        indexer=Indexer(engine, session_factory(engine)),
+        tls=ssl_context is not None,
+    )
     server = build_server(settings, ctx, ssl_context)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="dicom-acceptor", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-acceptor", daemon=True
+    )
     thread.start()
     host, port = server.server_address[:2]
-    log.info("receive.listening", extra={"ae_title": settings.node.ae_title, "host": host, "port": port,
-                                         "tls": ssl_context is not None, "pid": os.getpid()})
+    log.info(
+        "receive.listening",
+        extra={
+            "ae_title": settings.node.ae_title,
+            "host": host,
+            "port": port,
+            "tls": ssl_context is not None,
+            "pid": os.getpid(),
+        },
+    )
     if ready is not None:
         ready.set()
     stop.wait()
@@ -79,8 +98,10 @@ def serve(settings: Settings) -> int:
         return 0
 
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_receiver_process, args=(settings,), name=f"receiver-{i}")
-                for i in range(count)]
+    children = [
+        context.Process(target=_receiver_process, args=(settings,), name=f"receiver-{i}")
+        for i in range(count)
+    ]
     for child in children:
         child.start()
     log.info("serve.started", extra={"receivers": count})

@@ -80,8 +80,7 @@ class InstanceStore:
             )
         if state.used_percent > self.max_used_percent:
             raise DiskFullError(
-                f"storage is {state.used_percent:.1f}% full, above the "
-                f"{self.max_used_percent:.1f}% watermark"
+                f"storage is {state.used_percent:.1f}% full, above the {self.max_used_percent:.1f}% watermark"
             )
 
     def write(self, relative: str, chunks: tuple[bytes, ...]) -> int:
