@@ -41,7 +41,7 @@ class NodeSection(_Section):
     receivers: int = Field(default=1, ge=0, le=64)
     max_associations: int = Field(default=16, ge=1)
     #: largest PDU we accept (bytes); 0 means no limit
-    max_pdu_size: int = Field(default=262144, ge=0)
+    max_pdu_size: int = Field(default=4194304, ge=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     acse_timeout_seconds: float = Field(default=30.0, gt=0)
     dimse_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -15,12 +15,13 @@ import struct
 import threading
 from dataclasses import dataclass
 from io import BytesIO
+from datetime import datetime
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -216,35 +217,47 @@ def receiver_identity() -> str:
 
 
 class Indexer:
-    """Writes the receive side's rows. Safe to share between association threads."""
+    """Writes the receive side's rows. Safe to share between association threads.
+
+    The per-instance path is one SQLAlchemy Core upsert built once, not an ORM
+    unit of work: at hundreds of instances per second the ORM's bookkeeping was
+    a fifth of the receiver's CPU.
+    """
 
     def __init__(self, engine: Engine, factory: sessionmaker[Session]):
+        self.engine = engine
         self.factory = factory
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._series_study: dict[str, str] = {}
         self._lock = threading.Lock()
+        table = Instance.__table__
+        upsert = self._insert(table)
+        self._upsert_instance = upsert.on_conflict_do_update(
+            index_elements=[table.c.sop_instance_uid],
+            set_={
+                "transfer_syntax_uid": upsert.excluded.transfer_syntax_uid,
+                "instance_number": upsert.excluded.instance_number,
+                "size_bytes": upsert.excluded.size_bytes,
+                "received_at": upsert.excluded.received_at,
+                "association_id": upsert.excluded.association_id,
+                "receive_count": table.c.receive_count + 1,
+            },
+            # a SOP Instance UID may only come back in the series it first came in
+            where=table.c.series_instance_uid == upsert.excluded.series_instance_uid,
+        ).returning(table.c.id)
 
-    def record_instance(
-        self, info: InstanceInfo, *, path: str, size: int, association_id: int | None
-    ) -> None:
+    def record_instance(self, info: InstanceInfo, *, path: str, size: int,
+                        association_id: int | None) -> None:
         """Insert or refresh the instance row (and its study/series) in one transaction."""
         known_study = self._series_study.get(info.series_instance_uid)
         if known_study is not None and known_study != info.study_instance_uid:
-            raise RejectedInstance(
-                Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study"
-            )
+            raise RejectedInstance(Status.CONFLICTING_INSTANCE,
+                                   "Series Instance UID belongs to another study")
         now = utcnow()
-        with self.factory() as session, session.begin():
+        with self.engine.begin() as conn:
             if known_study is None:
-                self._ensure_parents(session, info, now)
-            existing = session.execute(
-                select(Instance.series_instance_uid).where(Instance.sop_instance_uid == info.sop_instance_uid)
-            ).scalar_one_or_none()
-            if existing is not None and existing != info.series_instance_uid:
-                raise RejectedInstance(
-                    Status.CONFLICTING_INSTANCE, "SOP Instance UID already stored in another series"
-                )
-            values = {
+                self._ensure_parents(conn, info, now)
+            row = conn.execute(self._upsert_instance, {
                 "sop_instance_uid": info.sop_instance_uid,
                 "sop_class_uid": info.sop_class_uid,
                 "series_instance_uid": info.series_instance_uid,
@@ -256,46 +269,32 @@ class Indexer:
                 "received_at": now,
                 "receive_count": 1,
                 "association_id": association_id,
-            }
-            stmt = self._insert(Instance).values(**values)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[Instance.sop_instance_uid],
-                set_={
-                    "transfer_syntax_uid": stmt.excluded.transfer_syntax_uid,
-                    "instance_number": stmt.excluded.instance_number,
-                    "size_bytes": stmt.excluded.size_bytes,
-                    "received_at": stmt.excluded.received_at,
-                    "association_id": stmt.excluded.association_id,
-                    "receive_count": Instance.receive_count + 1,
-                },
-            )
-            session.execute(stmt)
+            }).first()
+            if row is None:
+                raise RejectedInstance(Status.CONFLICTING_INSTANCE,
+                                       "SOP Instance UID already stored in another series")
         with self._lock:
             self._series_study[info.series_instance_uid] = info.study_instance_uid
 
-    def _ensure_parents(self, session: Session, info: InstanceInfo, now: Any) -> None:
-        session.execute(
+    def _ensure_parents(self, conn: Connection, info: InstanceInfo, now: datetime) -> None:
+        conn.execute(
             self._insert(Study)
             .values(study_instance_uid=info.study_instance_uid, first_received_at=now, **info.study)
             .on_conflict_do_nothing(index_elements=[Study.study_instance_uid])
         )
-        session.execute(
+        conn.execute(
             self._insert(Series)
-            .values(
-                series_instance_uid=info.series_instance_uid,
-                study_instance_uid=info.study_instance_uid,
-                first_received_at=now,
-                **info.series,
-            )
+            .values(series_instance_uid=info.series_instance_uid,
+                    study_instance_uid=info.study_instance_uid, first_received_at=now, **info.series)
             .on_conflict_do_nothing(index_elements=[Series.series_instance_uid])
         )
-        owner = session.execute(
-            select(Series.study_instance_uid).where(Series.series_instance_uid == info.series_instance_uid)
+        owner = conn.execute(
+            select(Series.study_instance_uid)
+            .where(Series.series_instance_uid == info.series_instance_uid)
         ).scalar_one()
         if owner != info.study_instance_uid:
-            raise RejectedInstance(
-                Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study"
-            )
+            raise RejectedInstance(Status.CONFLICTING_INSTANCE,
+                                   "Series Instance UID belongs to another study")
 
     def open_association(
         self,

@@ -6,6 +6,7 @@ Every test here runs on SQLite and on PostgreSQL (``database_url`` fixture).
 from __future__ import annotations
 
 import os
+import time
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import create_engine, func, select
 
+from node.store import SPACE_CHECK_SECONDS
 from node.schema import Association, Instance, Series, Study
 from tests.support import dcmtk
 from tests.support.dicom import ct_slice, dataset_bytes, write_ct_series
@@ -198,6 +200,7 @@ def test_disk_watermark_refuses_with_a700_then_accepts_again(
         assert _rows(node.database_url, select(func.count()).select_from(Instance))[0][0] == 0
     finally:
         ballast.unlink()
+    time.sleep(SPACE_CHECK_SECONDS + 0.2)  # the node re-reads free space at most this often
     assert _storescu(node, path).returncode == 0
     assert len(list(node.storage.rglob("*.dcm"))) == 1
 
@@ -207,8 +210,6 @@ def test_sigterm_finishes_in_flight_association_and_exits_cleanly(node: NodeProc
     sender = subprocess.Popen([dcmtk.tool("storescu"), "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1",
                                str(node.port), *map(str, files)], env=dcmtk.env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    import time
-
     deadline = time.monotonic() + 30
     while "receive.association_accepted" not in node.log() and time.monotonic() < deadline:
         time.sleep(0.02)
