@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from node.errors import ConfigError
+from node.grouping import GroupingSettings
+from node.volume import VolumeSettings
 
 ENV_PREFIX = "MSVLM_NODE_"
 CONFIG_ENV = "MSVLM_NODE_CONFIG"
@@ -37,6 +39,8 @@ class NodeSection(_Section):
     ae_title: str = "MSVLM"
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
+    #: what `serve` runs: the DICOM receiver, the timers (settle, reap, deliver), a worker
+    roles: tuple[Literal["receiver", "scheduler", "worker"], ...] = ("receiver", "scheduler", "worker")
     #: receiver processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
     receivers: int = Field(default=1, ge=0, le=64)
     max_associations: int = Field(default=16, ge=1)
@@ -116,6 +120,65 @@ class SettleSection(_Section):
     after_release_seconds: float = Field(default=5.0, ge=0)
     quiet_seconds: float = Field(default=60.0, gt=0)
     interval_seconds: float = Field(default=2.0, gt=0)
+    #: only studies with an instance received within this many hours are examined
+    lookback_hours: float = Field(default=168.0, gt=0)
+
+
+class ModelSection(_Section):
+    """Which MS-VLM weights to run, and how."""
+
+    #: a Hugging Face style folder (config.json, *.safetensors, tokenizer files);
+    #: unset = the bundled demo model under models/weights/demo
+    path: Path | None = None
+    #: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    max_new_tokens: int = Field(default=256, ge=1)
+    num_beams: int = Field(default=1, ge=1)
+
+
+class WorkerSection(_Section):
+    """How inference workers claim and run jobs."""
+
+    #: defaults to "<host>:<pid>"
+    name: str | None = None
+    #: a job whose worker has not renewed its lease for this long goes back to pending
+    lease_seconds: float = Field(default=60.0, gt=1)
+    max_attempts: int = Field(default=3, ge=1)
+    #: a job running longer than this fails with a time-limit error
+    job_timeout_seconds: float = Field(default=900.0, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+
+class DestinationSection(_Section):
+    """A DICOM node that receives our SRs by C-STORE."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+
+class DeliverySection(_Section):
+    destinations: tuple[DestinationSection, ...] = ()
+    #: attempts per destination before giving up
+    max_attempts: int = Field(default=10, ge=1)
+    #: delay before retry n is backoff_seconds * 2**(n-1), capped at max_backoff_seconds
+    backoff_seconds: float = Field(default=5.0, gt=0)
+    max_backoff_seconds: float = Field(default=600.0, gt=0)
+    interval_seconds: float = Field(default=1.0, gt=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class ReportSection(_Section):
+    """The DICOM Structured Report we write."""
+
+    #: "basic" (Basic Text SR) or "comprehensive" (Comprehensive SR)
+    document: Literal["basic", "comprehensive"] = "basic"
+    series_description: str = "AI report (MS-VLM, preliminary)"
+    institution_name: str | None = None
+    #: validate every SR with dciodvfy and dsrdump before storing or sending it
+    validate_with_dicom3tools: bool = True
 
 
 class LoggingSection(_Section):
@@ -138,6 +201,12 @@ class Settings(BaseSettings):
     storage: StorageSection = StorageSection()
     database: DatabaseSection = DatabaseSection()
     settle: SettleSection = SettleSection()
+    grouping: GroupingSettings = GroupingSettings()
+    volume: VolumeSettings = VolumeSettings()
+    model: ModelSection = ModelSection()
+    worker: WorkerSection = WorkerSection()
+    delivery: DeliverySection = DeliverySection()
+    report: ReportSection = ReportSection()
     logging: LoggingSection = LoggingSection()
 
     @classmethod

@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -112,6 +113,10 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: the arrivals (series x instance counts) the last settle decision covered;
+    #: written only by settle, so receiving never contends on this row
+    settled_arrival_key: Mapped[str | None] = mapped_column(String(64))
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Series(Base):
@@ -171,4 +176,110 @@ class Instance(Base):
         ForeignKey("associations.id", ondelete="SET NULL"), index=True
     )
 
-    __table_args__ = (Index("ix_instances_study_received", "study_instance_uid", "received_at"),)
+    __table_args__ = (
+        Index("ix_instances_study_received", "study_instance_uid", "received_at"),
+        Index("ix_instances_received_at", "received_at"),
+    )
+
+
+class Job(Base):
+    """One model run over one study's multi-view input. The only hand-off between stages.
+
+    States: pending -> running -> succeeded | failed (and cancelled by an admin);
+    every transition is a :class:`JobEvent` row committed with it (node.jobs).
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(
+        UID, ForeignKey("studies.study_instance_uid", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    #: SHA-256 of the manifest's input (views and their slices)
+    input_fingerprint: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[str] = mapped_column(Text)
+    view_count: Mapped[int] = mapped_column(Integer, default=0)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    #: which completeness signal settled the study: after_release, quiet, late_series, requested
+    settle_signal: Mapped[str] = mapped_column(String(32))
+    supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    #: when the study's last instance arrived (turnaround starts here)
+    last_instance_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+    load_seconds: Mapped[float | None] = mapped_column(Float)
+    infer_seconds: Mapped[float | None] = mapped_column(Float)
+    report_seconds: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("study_instance_uid", "input_fingerprint", "model_version", "weights_sha256",
+                         name="uq_jobs_input"),
+        Index("ix_jobs_state_created", "state", "created_at"),
+    )
+
+
+class JobEvent(Base):
+    """The ledger of every job state change: who, when, from what, why."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Result(Base):
+    """What a succeeded job produced: the report, the coded findings, the SR."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    report_text: Mapped[str] = mapped_column(Text)
+    impression_text: Mapped[str] = mapped_column(Text)
+    #: JSON list of {key, display, code, present, probability}
+    findings: Mapped[str] = mapped_column(Text)
+    sr_sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sr_series_instance_uid: Mapped[str] = mapped_column(UID)
+    #: relative to the storage root
+    sr_path: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    superseded_by_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+
+
+class Delivery(Base):
+    """One attempt to C-STORE a job's SR to one destination, with what came back."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    ae_title: Mapped[str] = mapped_column(AE)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    #: scheduled -> sending -> succeeded | failed
+    state: Mapped[str] = mapped_column(String(16), default="scheduled")
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    worker: Mapped[str | None] = mapped_column(String(128))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_deliveries_state_not_before", "state", "not_before"),)

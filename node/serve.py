@@ -1,9 +1,12 @@
-"""Run the node: receiver process(es) now; scheduler and worker join here later.
+"""Run the node: receiver, scheduler and worker, in one process or spread out.
 
-``receivers = 1`` serves in this process; more start that many receiver
-processes sharing the port through SO_REUSEPORT, so ingest uses every core.
-SIGTERM or SIGINT stops accepting, lets in-flight associations finish (up to
-``node.drain_seconds``) and exits cleanly.
+``node.roles`` says what this process runs. On a laptop everything runs here
+(``msvlm-node serve``); in production receivers, timers and GPU workers can be
+separate processes on separate machines sharing PostgreSQL and the storage
+path, because stages only hand over through the database. ``node.receivers > 1``
+starts that many receiver processes sharing the port (SO_REUSEPORT).
+SIGTERM or SIGINT stops accepting, lets in-flight associations and the current
+job finish (up to ``node.drain_seconds``) and exits cleanly.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ import pydicom.config
 
 from node.config import Settings
 from node.db import create_db_engine, ensure_schema, session_factory
-from node.index import Indexer
+from node.deliver import DeliveryContext
+from node.index import Indexer, receiver_identity
 from node.logs import configure_logging
+from node.modelinfo import model_identity, model_path
 from node.receive import ReceiveContext, build_server, build_ssl_context, drain
+from node.scheduler import build_scheduler
+from node.settle import SettleContext
 from node.store import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -29,12 +36,11 @@ log = logging.getLogger(__name__)
 
 def open_store(settings: Settings) -> InstanceStore:
     s = settings.storage
-    return InstanceStore(
-        Path(s.path), min_free_mb=s.min_free_mb, max_used_percent=s.max_used_percent, fsync=s.fsync
-    )
+    return InstanceStore(Path(s.path), min_free_mb=s.min_free_mb, max_used_percent=s.max_used_percent,
+                         fsync=s.fsync)
 
 
-def run_receiver(settings: Settings, stop: threading.Event, ready: threading.Event | None = None) -> None:
+def run_receiver(settings: Settings, stop: threading.Event) -> None:
     """Serve C-ECHO/C-STORE until ``stop`` is set, then drain."""
     # we validate what we index ourselves (UIDs, pixel data); pydicom's own read
     # validation would only add a log line per odd value from a peer
@@ -42,30 +48,15 @@ def run_receiver(settings: Settings, stop: threading.Event, ready: threading.Eve
     engine = create_db_engine(settings.database.url, echo=settings.database.echo)
     store = open_store(settings)
     ssl_context = build_ssl_context(settings)
-    ctx = ReceiveContext(
-        settings=settings,
-        store=store,
-        indexer=Indexer(engine, session_factory(engine)),
-        tls=ssl_context is not None,
-    )
+    ctx = ReceiveContext(settings=settings, store=store, indexer=Indexer(engine, session_factory(engine)),
+                         tls=ssl_context is not None)
     server = build_server(settings, ctx, ssl_context)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-acceptor", daemon=True
-    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="dicom-acceptor", daemon=True)
     thread.start()
     host, port = server.server_address[:2]
-    log.info(
-        "receive.listening",
-        extra={
-            "ae_title": settings.node.ae_title,
-            "host": host,
-            "port": port,
-            "tls": ssl_context is not None,
-            "pid": os.getpid(),
-        },
-    )
-    if ready is not None:
-        ready.set()
+    log.info("receive.listening", extra={"ae_title": settings.node.ae_title, "host": host, "port": port,
+                                         "tls": ssl_context is not None, "pid": os.getpid()})
     stop.wait()
     log.info("receive.draining", extra={"in_flight": len(server.active_associations)})
     aborted = drain(server, timeout=settings.node.drain_seconds)
@@ -83,28 +74,53 @@ def _receiver_process(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> int:
-    """The ``serve`` command: check the schema, sweep leftovers, run until signalled."""
-    engine = create_db_engine(settings.database.url)
+    """The ``serve`` command: check the schema, sweep leftovers, run the roles until signalled."""
+    roles = set(settings.node.roles)
+    engine = create_db_engine(settings.database.url, echo=settings.database.echo)
     ensure_schema(engine, create_if_empty=True)
-    engine.dispose()
-    open_store(settings).sweep_temporary()
+    factory = session_factory(engine)
+    store = open_store(settings)
+    store.sweep_temporary()
+    actor = receiver_identity()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    count = settings.node.receivers or os.cpu_count() or 1
-    if count == 1:
-        run_receiver(settings, stop)
-        return 0
 
-    context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(target=_receiver_process, args=(settings,), name=f"receiver-{i}")
-        for i in range(count)
-    ]
-    for child in children:
-        child.start()
-    log.info("serve.started", extra={"receivers": count})
+    scheduler = None
+    worker_thread = None
+    worker_ctx = None
+    if roles & {"scheduler", "worker"}:
+        model = model_identity(model_path(settings.model.path))
+        if "scheduler" in roles:
+            settle = SettleContext(settings=settings, factory=factory, storage_root=store.root, model=model,
+                                   actor=actor)
+            delivery = DeliveryContext(settings=settings, factory=factory, storage_root=store.root, actor=actor)
+            scheduler = build_scheduler(settle=settle, delivery=delivery, factory=factory, actor=actor,
+                                        reap_interval=max(1.0, settings.worker.lease_seconds / 4))
+            scheduler.start()
+        if "worker" in roles:
+            from node.worker import build_context, run_worker
+
+            worker_ctx = build_context(settings, factory, store, model)
+            worker_thread = threading.Thread(target=run_worker, args=(worker_ctx,), name="worker", daemon=True)
+            worker_thread.start()
+
+    children: list[multiprocessing.process.BaseProcess] = []
+    receiver_thread = None
+    if "receiver" in roles:
+        count = settings.node.receivers or os.cpu_count() or 1
+        if count == 1:
+            receiver_thread = threading.Thread(target=run_receiver, args=(settings, stop), name="receiver")
+            receiver_thread.start()
+        else:
+            context = multiprocessing.get_context("spawn")
+            children = [context.Process(target=_receiver_process, args=(settings,), name=f"receiver-{i}")
+                        for i in range(count)]
+            for child in children:
+                child.start()
+    log.info("serve.started", extra={"roles": ",".join(sorted(roles)), "receivers": len(children) or 1})
+
     while not stop.wait(0.5):
         if any(not child.is_alive() for child in children):
             log.error("serve.receiver_died", extra={"exitcodes": [c.exitcode for c in children]})
@@ -112,6 +128,15 @@ def serve(settings: Settings) -> int:
     for child in children:
         if child.is_alive() and child.pid is not None:
             os.kill(child.pid, signal.SIGTERM)
+    if receiver_thread is not None:
+        receiver_thread.join()
+    if worker_ctx is not None and worker_thread is not None:
+        worker_ctx.stop.set()
+        worker_thread.join(timeout=settings.node.drain_seconds)
+    if scheduler is not None:
+        scheduler.shutdown(wait=True)
     for child in children:
         child.join(timeout=settings.node.drain_seconds + 10)
+    engine.dispose()
+    log.info("serve.stopped")
     return 0 if all(c.exitcode == 0 for c in children) else 1

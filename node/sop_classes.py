@@ -46,6 +46,12 @@ SR_STORAGE: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR Storage",
 }
 
+#: the SOP class of the SR we write, by ``report.document``
+SR_DOCUMENT_SOP_CLASS: dict[str, str] = {
+    "basic": "1.2.840.10008.5.1.4.1.1.88.11",
+    "comprehensive": "1.2.840.10008.5.1.4.1.1.88.33",
+}
+
 ACCEPTED_SOP_CLASSES: dict[str, str] = {
     **CT_MR_IMAGE_STORAGE,
     **SECONDARY_CAPTURE_STORAGE,

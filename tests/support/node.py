@@ -26,6 +26,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))
 
 
@@ -46,14 +48,16 @@ class NodeProcess:
 
     def __init__(self, workdir: Path, database_url: str, *, ae_title: str = "MSVLM",
                  extra: dict[str, dict[str, Any]] | None = None,
-                 peers: list[dict[str, Any]] | None = None) -> None:
+                 peers: list[dict[str, Any]] | None = None,
+                 roles: tuple[str, ...] = ("receiver",)) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.ae_title = ae_title
         self.storage = workdir / "storage"
         self.database_url = database_url
         tables: dict[str, dict[str, Any]] = {
-            "node": {"ae_title": ae_title, "host": "127.0.0.1", "port": self.port, "drain_seconds": 10},
+            "node": {"ae_title": ae_title, "host": "127.0.0.1", "port": self.port, "drain_seconds": 10,
+                     "roles": list(roles)},
             "storage": {"path": str(self.storage), "min_free_mb": 16},
             "database": {"url": database_url},
             "logging": {"level": "DEBUG"},

@@ -1,0 +1,58 @@
+"""The timers (APScheduler): settle, reap expired leases, deliver, all idempotent.
+
+Every callback only claims or enqueues through the database, so it is safe for
+any number of processes to run the same schedule, and a missed or overlapping
+tick changes nothing (``coalesce`` and ``max_instances=1`` keep one run per
+process at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.deliver import DeliveryContext, deliver_due
+from node.errors import NodeError
+from node.jobs import reap_expired
+from node.settle import SettleContext, settle_once
+
+log = logging.getLogger(__name__)
+
+
+def _guarded(name: str, work: Callable[[], Any]) -> Callable[[], None]:
+    """Run ``work``; log (never raise) our errors and database outages, so the timer survives."""
+
+    def run() -> None:
+        try:
+            work()
+        except (NodeError, SQLAlchemyError) as exc:
+            log.error("scheduler.tick_failed", extra={"timer": name, "error": str(exc)})
+
+    return run
+
+
+def build_scheduler(*, settle: SettleContext | None, delivery: DeliveryContext | None,
+                    factory: sessionmaker[Session], actor: str, reap_interval: float) -> BackgroundScheduler:
+    """The node's timers: settle and delivery when given, and always the lease reaper."""
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
+                                                                  "misfire_grace_time": 30})
+    if settle is not None:
+        scheduler.add_job(_guarded("settle", lambda: settle_once(settle)), "interval",
+                          seconds=settle.settings.settle.interval_seconds, id="settle")
+    if delivery is not None:
+        scheduler.add_job(_guarded("deliver", lambda: deliver_due(delivery)), "interval",
+                          seconds=delivery.settings.delivery.interval_seconds, id="deliver")
+
+    def reap() -> None:
+        with factory() as session, session.begin():
+            moved = reap_expired(session, actor=actor)
+        if moved:
+            log.warning("scheduler.leases_reaped", extra={"jobs": moved})
+
+    scheduler.add_job(_guarded("reap", reap), "interval", seconds=reap_interval, id="reap")
+    return scheduler
