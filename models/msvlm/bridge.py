@@ -1,0 +1,152 @@
+"""Bridge from visual tokens to the language model, and the findings head.
+
+Both MS-VLM (Z-former tokens) and the 3D-patch baseline (volume patch tokens) end in a
+variable-length, padded token sequence; these modules turn it into a fixed number of LM
+input embeddings and into per-finding logits. They are shared so that the comparison
+between the two encoders changes only the encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PerceiverBlock(nn.Module):
+    """One cross-attention + feed-forward block of the resampler (pre-norm).
+
+    Keys and values are the context tokens *and* the latents (as in Flamingo): the latents can
+    keep their own information, and no attention row is ever fully masked, so a study whose
+    tokens are all padding cannot produce NaNs.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm_latents = nn.LayerNorm(hidden_size, eps=eps)
+        self.norm_context = nn.LayerNorm(hidden_size, eps=eps)
+        self.query = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.key_value = nn.Linear(hidden_size, 2 * hidden_size, bias=False)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.norm_ffn = nn.LayerNorm(hidden_size, eps=eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden_size, 4 * hidden_size),
+            nn.GELU(),
+            nn.Linear(4 * hidden_size, hidden_size),
+        )
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def forward(
+        self, latents: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """latents (B, K, D), context (B, L, D), context_mask (B, L) bool -> latents (B, K, D)."""
+        normed_latents = self.norm_latents(latents)
+        keys_in = torch.cat([self.norm_context(context), normed_latents], dim=1)
+        key, value = self.key_value(keys_in).chunk(2, dim=-1)
+        latent_mask = torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)
+        mask = torch.cat([context_mask.to(torch.bool), latent_mask], dim=1)[:, None, None, :]
+        attended = F.scaled_dot_product_attention(
+            self._heads(self.query(normed_latents)), self._heads(key), self._heads(value), attn_mask=mask
+        )
+        attended = attended.transpose(1, 2).reshape(latents.shape)
+        latents = latents + self.out(attended)
+        return latents + self.ffn(self.norm_ffn(latents))
+
+
+class PerceiverResampler(nn.Module):
+    """A fixed number of learned latent queries that read a variable-length token sequence.
+
+    The LM then sees `num_latents` tokens whatever the slice and view counts were, which keeps
+    the prompt length (and the LM's cost) independent of the study size.
+    """
+
+    def __init__(
+        self, *, num_latents: int, hidden_size: int, num_layers: int, num_heads: int, eps: float
+    ) -> None:
+        super().__init__()
+        self.latents = nn.Parameter(torch.zeros(num_latents, hidden_size))
+        self.layers = nn.ModuleList(PerceiverBlock(hidden_size, num_heads, eps) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        latents = self.latents.to(context.dtype).unsqueeze(0).expand(context.shape[0], -1, -1)
+        for layer in self.layers:
+            latents = layer(latents, context, context_mask)
+        return self.norm(latents)
+
+
+class VisualBridge(nn.Module):
+    """linear -> Perceiver resampler -> linear into the LM's hidden size."""
+
+    def __init__(
+        self,
+        *,
+        visual_hidden_size: int,
+        resampler_hidden_size: int,
+        lm_hidden_size: int,
+        num_latents: int,
+        num_layers: int,
+        num_heads: int,
+        eps: float,
+    ) -> None:
+        super().__init__()
+        self.input_projection = nn.Linear(visual_hidden_size, resampler_hidden_size)
+        self.resampler = PerceiverResampler(
+            num_latents=num_latents,
+            hidden_size=resampler_hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            eps=eps,
+        )
+        self.output_projection = nn.Linear(resampler_hidden_size, lm_hidden_size)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L, Dv), mask (B, L) -> LM input embeddings (B, num_latents, D_lm)."""
+        return self.output_projection(self.resampler(self.input_projection(tokens), mask))
+
+
+class FindingsHead(nn.Module):
+    """Multi-label classifier over the configured findings from the pooled visual tokens.
+
+    It reads the encoder output directly (not the LM), so findings are available even when
+    the report text is not generated, and its loss trains the encoder with a dense signal.
+    """
+
+    def __init__(self, *, hidden_size: int, num_labels: int, pooling: str, eps: float) -> None:
+        super().__init__()
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
+        self.pooling = pooling
+        self.attention_score = nn.Linear(hidden_size, 1) if pooling == "attention" else None
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean or attention pooling: (B, L, D), (B, L) -> (B, D)."""
+        weights = mask.to(tokens.dtype).unsqueeze(-1)
+        if self.attention_score is not None:
+            scores = (
+                self.attention_score(tokens).float().masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
+            )
+            weights = torch.softmax(scores, dim=1).nan_to_num(0.0).to(tokens.dtype)
+            return (weights * tokens).sum(dim=1)
+        return (weights * tokens).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(self.pool(tokens, mask)))
+
+
+def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over known labels; a target < 0 means "not annotated" and is skipped.
+
+    Reports rarely state every finding, so unannotated entries must not count as negatives.
+    """
+    known = targets >= 0
+    losses = F.binary_cross_entropy_with_logits(
+        logits.float(), targets.clamp(min=0).float(), reduction="none"
+    )
+    return (losses * known).sum() / known.sum().clamp(min=1)

@@ -1,0 +1,273 @@
+"""Configuration of MS-VLM and the parts it shares with the 3D-patch baseline.
+
+The config imports no torch of its own (transformers may), and it validates itself at
+construction: a wrong hidden size or a duplicated label should fail when the config is
+built, with a message naming the key, not as a shape error deep inside a forward pass.
+
+`ReportModelConfig` holds everything the bridge, the language model, the findings head and
+the processor need; `MsVlmConfig` adds the slice encoder (ViT) and the Z-former (BigBird).
+The baseline (`models.baseline3d`) subclasses `ReportModelConfig` with a volume encoder
+instead, so both models take the same processor inputs and share the same head code.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import ClassVar, Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, BigBirdConfig, PreTrainedConfig, ViTConfig
+from transformers.configuration_utils import SubConfigSpec
+
+#: Lung, mediastinum and bone windows as (width, level) in HU, one per input channel.
+DEFAULT_CT_WINDOWS: tuple[tuple[float, float], ...] = ((1500.0, -600.0), (400.0, 40.0), (2000.0, 500.0))
+
+#: The demo vocabulary of findings; real deployments pass their own list.
+DEFAULT_FINDING_LABELS: tuple[str, ...] = (
+    "lung_nodule",
+    "pleural_effusion",
+    "cardiomegaly",
+    "liver_lesion",
+    "lymphadenopathy",
+    "rectal_lesion",
+)
+
+# The node's grouping vocabulary (node/grouping.py, node/phase.py, node/sequence.py).
+_CT_PHASES = ("non_contrast", "arterial", "venous", "delayed")
+_MR_SEQUENCES = ("t1", "t1_post", "t2", "flair", "dwi", "adc", "other")
+_PLANES = ("axial", "coronal", "sagittal")
+
+#: View keys "MODALITY:plane:phase" known to the view embedding; anything else gets id 0.
+DEFAULT_VIEW_VOCABULARY: tuple[str, ...] = tuple(
+    [f"CT:{plane}:{phase}" for plane in _PLANES for phase in _CT_PHASES]
+    + [f"MR:{plane}:{seq}" for plane in _PLANES for seq in _MR_SEQUENCES]
+)
+
+DEFAULT_PROMPT_TEMPLATE = "{modality} study . views : {views} . findings :"
+_PROMPT_FIELDS = frozenset({"modality", "views"})
+
+
+class MsVlmConfigError(ValueError):
+    """A model configuration that cannot work; the message names the offending key."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise MsVlmConfigError(message)
+
+
+def _check_unique_names(name: str, values: list[str]) -> None:
+    _require(len(values) > 0, f"{name} must not be empty")
+    for value in values:
+        _require(isinstance(value, str) and value.strip() != "", f"{name} has an empty entry")
+    folded = [v.strip().casefold() for v in values]
+    duplicates = sorted({v for v in folded if folded.count(v) > 1})
+    _require(not duplicates, f"{name} has duplicates (case-insensitive): {duplicates}")
+
+
+def _check_transformer(name: str, hidden_size: int, num_heads: int, num_layers: int) -> None:
+    _require(hidden_size > 0, f"{name}.hidden_size must be positive, got {hidden_size}")
+    _require(num_layers > 0, f"{name}.num_hidden_layers must be positive, got {num_layers}")
+    _require(
+        num_heads > 0 and hidden_size % num_heads == 0,
+        f"{name}.hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_heads})",
+    )
+
+
+@strict
+class ReportModelConfig(PreTrainedConfig):
+    """Shared part: language model, Perceiver bridge, findings head and processor settings.
+
+    Not registered on its own; use `MsVlmConfig` or the baseline's config.
+    """
+
+    model_type = ""
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    view_vocabulary: list[str] | None = None
+    finding_labels: list[str] | None = None
+    num_latents: int = 32
+    resampler_hidden_size: int = 768
+    resampler_layers: int = 2
+    resampler_heads: int = 8
+    findings_pooling: Literal["mean", "attention"] = "mean"
+    findings_loss_weight: int | float = 1.0
+    image_size: int = 224
+    max_slices_per_view: int = 256
+    ct_windows: list[list[int | float]] | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    max_text_tokens: int = 512
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+    #: Identity the node records with every job (read from config.json by node/modelinfo.py).
+    model_name: str | None = None
+    model_version: str | None = None
+
+    def __post_init__(self, **kwargs: object) -> None:
+        # Lists are filled here (not as field defaults) so that no instance shares a list.
+        if self.view_vocabulary is None:
+            self.view_vocabulary = list(DEFAULT_VIEW_VOCABULARY)
+        if self.finding_labels is None:
+            self.finding_labels = list(DEFAULT_FINDING_LABELS)
+        if self.ct_windows is None:
+            self.ct_windows = [list(w) for w in DEFAULT_CT_WINDOWS]
+        super().__post_init__(**kwargs)
+        self.check()
+
+    @property
+    def text(self) -> PreTrainedConfig:
+        """`text_config` as a config object (the field also accepts a dict at construction)."""
+        assert isinstance(self.text_config, PreTrainedConfig)
+        return self.text_config
+
+    @property
+    def fixed_slices_per_view(self) -> int | None:
+        """Slices every view is resampled to, or None to keep up to `max_slices_per_view`."""
+        return None
+
+    @property
+    def visual_hidden_size(self) -> int:
+        """Width of the visual tokens handed to the bridge and the findings head."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise `MsVlmConfigError` for the first inconsistent key (also run before saving)."""
+        assert self.view_vocabulary is not None and self.finding_labels is not None
+        assert self.ct_windows is not None
+        _check_unique_names("view_vocabulary", self.view_vocabulary)
+        _require(
+            "other" not in {v.casefold() for v in self.view_vocabulary},
+            "view_vocabulary must not contain 'other' (id 0 is reserved for unknown views)",
+        )
+        _check_unique_names("finding_labels", self.finding_labels)
+        _require(self.num_latents > 0, f"num_latents must be positive, got {self.num_latents}")
+        _check_transformer(
+            "resampler", self.resampler_hidden_size, self.resampler_heads, self.resampler_layers
+        )
+        _require(
+            self.findings_pooling in ("mean", "attention"), "findings_pooling must be 'mean' or 'attention'"
+        )
+        _require(self.findings_loss_weight >= 0, "findings_loss_weight must be >= 0")
+        _require(self.image_size > 0, f"image_size must be positive, got {self.image_size}")
+        _require(self.max_slices_per_view > 0, "max_slices_per_view must be positive")
+        _require(self.max_text_tokens > 1, "max_text_tokens must be at least 2")
+        _require(
+            len(self.ct_windows) == 3, "ct_windows needs exactly 3 (width, level) pairs, one per channel"
+        )
+        for window in self.ct_windows:
+            _require(len(window) == 2 and window[0] > 0, f"ct_windows entry {window} is not (width>0, level)")
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt_template) if f is not None}
+        _require(
+            fields <= _PROMPT_FIELDS,
+            f"prompt_template may only use {sorted(_PROMPT_FIELDS)}, got {sorted(fields)}",
+        )
+        text = self.text
+        _check_transformer("text_config", text.hidden_size, text.num_attention_heads, text.num_hidden_layers)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            token_id = getattr(text, name, None)
+            _require(
+                isinstance(token_id, int) and 0 <= token_id < text.vocab_size,
+                f"text_config.{name} must be a token id below vocab_size, got {token_id}",
+            )
+        _require(
+            text.max_position_embeddings > self.num_latents + 2,
+            "text_config.max_position_embeddings leaves no room after the visual tokens",
+        )
+
+    def validate_report_model(self) -> None:
+        """Hook for transformers' strict validation, which runs again at save time."""
+        self.check()
+
+
+@strict
+class MsVlmConfig(ReportModelConfig):
+    """MS-VLM: ViT slice encoder -> BigBird Z-former over all views -> Perceiver -> LM.
+
+    `zformer_config` is a BigBird config used with `inputs_embeds`: its position embeddings
+    encode the slice index within a view, so `max_position_embeddings` bounds
+    `max_slices_per_view`, not the total sequence length of all views.
+    `zformer_config.attention_type == "block_sparse"` means "block-sparse when the sequence is
+    long enough", the model picks full attention below BigBird's minimum length.
+    """
+
+    model_type = "msvlm"
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        **ReportModelConfig.sub_configs_defaults,
+        "vision_config": SubConfigSpec(config_class=ViTConfig),
+        "zformer_config": SubConfigSpec(
+            config_class=BigBirdConfig,
+            init_kwargs={
+                "vocab_size": 1,
+                "type_vocab_size": 1,
+                "max_position_embeddings": 256,
+                "num_hidden_layers": 6,
+                "block_size": 16,
+                "num_random_blocks": 2,
+                "pad_token_id": 0,
+                "bos_token_id": None,
+                "eos_token_id": None,
+                "sep_token_id": None,
+            },
+        ),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    zformer_config: dict | PreTrainedConfig | None = None
+    slice_chunk_size: int = 64
+
+    @property
+    def vision(self) -> ViTConfig:
+        """`vision_config` as a `ViTConfig`."""
+        assert isinstance(self.vision_config, ViTConfig)
+        return self.vision_config
+
+    @property
+    def zformer(self) -> BigBirdConfig:
+        """`zformer_config` as a `BigBirdConfig`."""
+        assert isinstance(self.zformer_config, BigBirdConfig)
+        return self.zformer_config
+
+    @property
+    def patch_size(self) -> int:
+        """`vision_config.patch_size`, which `check` requires to be a single int."""
+        patch = self.vision.patch_size
+        assert isinstance(patch, int)
+        return patch
+
+    @property
+    def visual_hidden_size(self) -> int:
+        return int(self.zformer.hidden_size)
+
+    def check(self) -> None:
+        super().check()
+        vision, zformer = self.vision, self.zformer
+        _require(self.slice_chunk_size > 0, f"slice_chunk_size must be positive, got {self.slice_chunk_size}")
+        _check_transformer(
+            "vision_config", vision.hidden_size, vision.num_attention_heads, vision.num_hidden_layers
+        )
+        _require(
+            vision.image_size == self.image_size,
+            f"vision_config.image_size ({vision.image_size}) must equal image_size ({self.image_size})",
+        )
+        _require(
+            isinstance(vision.patch_size, int) and self.image_size % vision.patch_size == 0,
+            f"image_size ({self.image_size}) must be a multiple of vision_config.patch_size",
+        )
+        _require(vision.num_channels == 3, "vision_config.num_channels must be 3 (three CT windows)")
+        _check_transformer(
+            "zformer_config", zformer.hidden_size, zformer.num_attention_heads, zformer.num_hidden_layers
+        )
+        _require(
+            zformer.attention_type in ("block_sparse", "original_full"),
+            "zformer_config.attention_type must be 'block_sparse' or 'original_full'",
+        )
+        _require(
+            zformer.max_position_embeddings >= self.max_slices_per_view,
+            f"zformer_config.max_position_embeddings ({zformer.max_position_embeddings}) must be >= "
+            f"max_slices_per_view ({self.max_slices_per_view})",
+        )
+        _require(zformer.block_size > 0 and zformer.num_random_blocks >= 0, "bad zformer block settings")
+        _require(not zformer.is_decoder, "zformer_config must be an encoder (is_decoder=False)")

@@ -1,0 +1,126 @@
+"""MS-VLM ("Read Like a Radiologist"): slice encoder + Z-former + Perceiver bridge + LM.
+
+Each slice is encoded on its own by a 2D ViT (its CLS token after the final layer norm), in
+chunks of `config.slice_chunk_size`, so inference memory depends on the chunk and not on the
+study. (Under autograd every chunk's activations are kept for the backward pass; training
+either caches slice features or checkpoints the ViT.) The Z-former then reads the slice
+embeddings of all views of the study as one sequence.
+
+The pieces are exposed separately for the training stages:
+  * `encode_slices` (stage 0 DINO works on `vision_model` directly; later stages cache its
+    output), `encode_views`, `pack_views` + `zformer` (stage 1 masked embedding modelling),
+  * `forward(slice_features=...)` runs everything after the slice encoder (stages 2-3).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import ViTModel
+from transformers import initialization as init
+
+from .configuration_msvlm import MsVlmConfig
+from .report_model import MsVlmOutput, ReportModelBase, VisualEncoding
+from .zformer import ZFormer, pack_views
+
+
+class MsVlmForReportGeneration(ReportModelBase):
+    """The full MS-VLM; see the module docstring for the data flow."""
+
+    config: MsVlmConfig
+    config_class = MsVlmConfig
+
+    def __init__(self, config: MsVlmConfig) -> None:
+        super().__init__(config)
+        assert config.view_vocabulary is not None
+        self.vision_model = ViTModel(config.vision, add_pooling_layer=False)
+        self.zformer = ZFormer(
+            config=config.zformer,
+            input_size=config.vision.hidden_size,
+            num_view_ids=len(config.view_vocabulary) + 1,
+        )
+        self._build_report_modules(config)
+        self.post_init()
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, ZFormer):
+            init.normal_(module.mask_embedding, mean=0.0, std=self.config.initializer_range)
+
+    # --- slice encoder ---------------------------------------------------------------------
+
+    def _cls_embeddings(self, slices: torch.Tensor) -> torch.Tensor:
+        # clone(): a [:, 0] view would keep the chunk's whole (n, tokens, D) output alive.
+        return self.vision_model(pixel_values=slices).last_hidden_state[:, 0].clone()
+
+    def encode_slices(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) slices -> (N, D_vision) CLS embeddings, `slice_chunk_size` at a time."""
+        chunks = pixel_values.split(self.config.slice_chunk_size)
+        if not chunks:
+            return pixel_values.new_zeros((0, self.config.vision.hidden_size))
+        return torch.cat([self._cls_embeddings(chunk) for chunk in chunks], dim=0)
+
+    def encode_views(self, pixel_values: torch.Tensor, slice_mask: torch.Tensor) -> torch.Tensor:
+        """(B, V, Z, 3, S, S) padded pixels -> (B, V, Z, D_vision); padding slices are not encoded.
+
+        Valid slices are gathered one chunk at a time, so no second copy of the study's
+        pixels is made on the device.
+        """
+        mask = slice_mask.to(torch.bool)
+        flat_pixels = pixel_values.flatten(0, 2)
+        valid = mask.flatten().nonzero().squeeze(1)
+        width = self.config.vision.hidden_size
+        out = flat_pixels.new_zeros((flat_pixels.shape[0], width), dtype=self.vision_model.dtype)
+        for index in valid.split(self.config.slice_chunk_size):
+            features = self._cls_embeddings(flat_pixels[index])
+            out.index_copy_(0, index, features.to(out.dtype))
+        return out.view(*mask.shape, width)
+
+    # --- Z-former --------------------------------------------------------------------------
+
+    def encode_study(
+        self,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        slice_mask: torch.Tensor,
+        view_ids: torch.Tensor,
+        slice_features: torch.Tensor | None = None,
+    ) -> VisualEncoding:
+        """Pixels or precomputed (B, V, Z, D_vision) slice features -> Z-former tokens."""
+        if (pixel_values is None) == (slice_features is None):
+            raise ValueError("pass exactly one of pixel_values and slice_features")
+        if slice_features is None:
+            assert pixel_values is not None
+            slice_features = self.encode_views(pixel_values, slice_mask)
+        packed = pack_views(slice_features, slice_mask, view_ids)
+        output = self.zformer(packed.features, packed.view_ids, packed.positions, packed.mask)
+        return VisualEncoding(tokens=output.last_hidden_state, mask=packed.mask)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        slice_mask: torch.Tensor | None = None,
+        view_ids: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        findings_labels: torch.Tensor | None = None,
+        slice_features: torch.Tensor | None = None,
+    ) -> MsVlmOutput:
+        """Training/evaluation forward.
+
+        pixel_values (B, V, Z, 3, S, S) or slice_features (B, V, Z, D_vision); slice_mask
+        (B, V, Z) bool; view_ids (B, V); input_ids/attention_mask/labels (B, T) as made by
+        `MsVlmProcessor`; findings_labels (B, F) with 1/0 and -1 for "not annotated".
+        """
+        if slice_mask is None or view_ids is None:
+            raise ValueError("slice_mask and view_ids are required")
+        encoding = self.encode_study(
+            pixel_values=pixel_values, slice_mask=slice_mask, view_ids=view_ids, slice_features=slice_features
+        )
+        return self.forward_from_encoding(
+            encoding,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            findings_labels=findings_labels,
+        )

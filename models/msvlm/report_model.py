@@ -1,0 +1,227 @@
+"""What MS-VLM and the 3D-patch baseline share: bridge, language model, findings head, losses,
+generation and the typed outputs.
+
+A subclass only says how a batch of studies becomes a padded sequence of visual tokens
+(`encode_study`); everything after that is here, so a comparison between the two models
+changes the encoder and nothing else.
+
+Sequence layout fed to the LM (as `inputs_embeds`):
+    [num_latents visual tokens][BOS prompt tokens ...][report tokens ... EOS][pad]
+Training batches are right-padded, generation batches left-padded in the text part; position
+ids are computed from the attention mask in both cases, so a study gets the same positions
+whether or not it shares a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .bridge import FindingsHead, PerceiverResampler, VisualBridge, findings_loss
+from .configuration_msvlm import ReportModelConfig
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class VisualEncoding:
+    """Encoder output of a batch of studies: tokens (B, L, D) and their mask (B, L) bool."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class MsVlmOutput(ModelOutput):
+    """Forward output.
+
+    loss: lm_loss + findings_loss_weight * findings_loss (whichever are available).
+    logits: LM logits over the whole sequence (visual + text), (B, K + T, vocab).
+    findings_logits: (B, num_findings), before the sigmoid.
+    visual_tokens: the bridge output fed to the LM, (B, K, D_lm).
+    """
+
+    loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    findings_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    findings_logits: torch.Tensor | None = None
+    visual_tokens: torch.Tensor | None = None
+
+
+@dataclass
+class MsVlmGenerationOutput(ModelOutput):
+    """sequences: generated token ids only (B, <= max_new_tokens); findings_logits (B, F)."""
+
+    sequences: torch.Tensor | None = None
+    findings_logits: torch.Tensor | None = None
+
+
+class ReportModelBase(PreTrainedModel):
+    """Base of the report generation models; subclasses implement `encode_study`."""
+
+    config: ReportModelConfig
+    base_model_prefix = ""
+    main_input_name = "pixel_values"
+    _supports_sdpa = True
+
+    def _build_report_modules(self, config: ReportModelConfig) -> None:
+        """Create bridge, findings head and LM; called by subclasses after their encoder."""
+        assert config.finding_labels is not None
+        self.bridge = VisualBridge(
+            visual_hidden_size=config.visual_hidden_size,
+            resampler_hidden_size=config.resampler_hidden_size,
+            lm_hidden_size=config.text.hidden_size,
+            num_latents=config.num_latents,
+            num_layers=config.resampler_layers,
+            num_heads=config.resampler_heads,
+            eps=config.layer_norm_eps,
+        )
+        self.findings_head = FindingsHead(
+            hidden_size=config.visual_hidden_size,
+            num_labels=len(config.finding_labels),
+            pooling=config.findings_pooling,
+            eps=config.layer_norm_eps,
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text)
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, PerceiverResampler):
+            init.normal_(module.latents, mean=0.0, std=self.config.initializer_range)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def encode_study(
+        self, *, pixel_values: torch.Tensor, slice_mask: torch.Tensor, view_ids: torch.Tensor
+    ) -> VisualEncoding:
+        """(B, V, Z, 3, S, S) pixels, (B, V, Z) slice mask, (B, V) view ids -> visual tokens."""
+        raise NotImplementedError
+
+    def _assemble(
+        self,
+        visual_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prefix the text with the visual tokens: embeddings, mask, position ids, labels."""
+        text_embeds = self.language_model.get_input_embeddings()(input_ids)
+        batch, num_visual = visual_tokens.shape[:2]
+        embeds = torch.cat([visual_tokens.to(text_embeds.dtype), text_embeds], dim=1)
+        visual_mask = attention_mask.new_ones((batch, num_visual))
+        mask = torch.cat([visual_mask, attention_mask], dim=1)
+        position_ids = (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+        if labels is not None:
+            labels = torch.cat([labels.new_full((batch, num_visual), IGNORE_INDEX), labels], dim=1)
+        return embeds, mask, position_ids, labels
+
+    def forward_from_encoding(
+        self,
+        encoding: VisualEncoding,
+        *,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        findings_labels: torch.Tensor | None = None,
+    ) -> MsVlmOutput:
+        """Bridge + LM + findings head + losses from an already computed `VisualEncoding`.
+
+        Without `input_ids` only the findings head runs (classification-only training).
+        """
+        findings_logits = self.findings_head(encoding.tokens, encoding.mask)
+        f_loss = findings_loss(findings_logits, findings_labels) if findings_labels is not None else None
+        visual_tokens = self.bridge(encoding.tokens, encoding.mask)
+        logits = lm_loss = None
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            embeds, mask, position_ids, full_labels = self._assemble(
+                visual_tokens, input_ids, attention_mask, labels
+            )
+            lm_output = self.language_model(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=position_ids,
+                labels=full_labels,
+                use_cache=False,
+            )
+            logits, lm_loss = lm_output.logits, lm_output.loss
+        loss = None
+        if lm_loss is not None and f_loss is not None:
+            loss = lm_loss + self.config.findings_loss_weight * f_loss
+        elif lm_loss is not None or f_loss is not None:
+            loss = lm_loss if lm_loss is not None else f_loss
+        return MsVlmOutput(
+            loss=loss,
+            lm_loss=lm_loss,
+            findings_loss=f_loss,
+            logits=logits,
+            findings_logits=findings_logits,
+            visual_tokens=visual_tokens,
+        )
+
+    def generation_config_for(self, *, max_new_tokens: int, num_beams: int) -> GenerationConfig:
+        """Deterministic decoding settings: greedy (num_beams=1) or beam search, no sampling."""
+        if max_new_tokens < 1 or num_beams < 1:
+            raise ValueError("max_new_tokens and num_beams must be >= 1")
+        text = self.config.text
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            early_stopping=num_beams > 1,
+            bos_token_id=text.bos_token_id,
+            eos_token_id=text.eos_token_id,
+            pad_token_id=text.pad_token_id,
+        )
+
+    @torch.inference_mode()
+    def generate_from_encoding(
+        self,
+        encoding: VisualEncoding,
+        *,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int = 256,
+        num_beams: int = 1,
+    ) -> MsVlmGenerationOutput:
+        """Generate report tokens after left-padded prompts; also returns the findings logits."""
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("generation prompts must be left-padded (last position real in every row)")
+        findings_logits = self.findings_head(encoding.tokens, encoding.mask)
+        visual_tokens = self.bridge(encoding.tokens, encoding.mask)
+        embeds, mask, _, _ = self._assemble(visual_tokens, input_ids, attention_mask, None)
+        sequences = self.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            generation_config=self.generation_config_for(max_new_tokens=max_new_tokens, num_beams=num_beams),
+        )
+        return MsVlmGenerationOutput(sequences=sequences, findings_logits=findings_logits)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        *,
+        pixel_values: torch.Tensor,
+        slice_mask: torch.Tensor,
+        view_ids: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int = 256,
+        num_beams: int = 1,
+    ) -> MsVlmGenerationOutput:
+        """Encode the studies once, then decode the reports and read the findings head."""
+        encoding = self.encode_study(pixel_values=pixel_values, slice_mask=slice_mask, view_ids=view_ids)
+        return self.generate_from_encoding(
+            encoding,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+        )

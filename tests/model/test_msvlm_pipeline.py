@@ -1,0 +1,83 @@
+"""ReportGenerator: the worker's one call per study, device placement, one-folder persistence."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from models.baseline3d import Baseline3dForReportGeneration, baseline3d_preset
+from models.msvlm import (
+    MsVlmForReportGeneration,
+    MsVlmProcessor,
+    Placement,
+    ReportGenerator,
+    ReportOutput,
+    ViewInput,
+)
+
+pytestmark = pytest.mark.model
+
+StudyFactory = Callable[..., list[ViewInput]]
+
+
+@pytest.fixture
+def generator(tiny_model: MsVlmForReportGeneration, processor: MsVlmProcessor) -> ReportGenerator:
+    return ReportGenerator(model=tiny_model, processor=processor, placement=Placement.for_device("cpu"))
+
+
+def test_generate_report_returns_text_and_probabilities(
+    generator: ReportGenerator, make_study: StudyFactory
+) -> None:
+    study = make_study([("CT", "CT:axial:venous", 9), ("CT", "CT:coronal:venous", 4)])
+    report = generator.generate_report(study, max_new_tokens=8)
+    assert isinstance(report, ReportOutput) and isinstance(report.text, str)
+    assert list(report.findings) == list(generator.processor.settings.finding_labels)
+    assert all(0.0 <= p <= 1.0 for p in report.findings.values())
+    assert generator.generate_report(study, max_new_tokens=8) == report
+    assert not generator.model.training
+    assert not any(p.requires_grad for p in generator.model.parameters())
+
+
+def test_folder_round_trip_for_both_model_kinds(
+    generator: ReportGenerator, tokenizer: PreTrainedTokenizerFast, make_study: StudyFactory, tmp_path: Path
+) -> None:
+    study = make_study([("MR", "MR:axial:t2", 7)])
+    generator.save_pretrained(tmp_path / "msvlm")
+    loaded = ReportGenerator.from_pretrained(tmp_path / "msvlm")
+    assert isinstance(loaded.model, MsVlmForReportGeneration)
+    assert loaded.generate_report(study, max_new_tokens=6) == generator.generate_report(
+        study, max_new_tokens=6
+    )
+
+    config = baseline3d_preset("tiny", vocab_size=len(tokenizer))
+    baseline = ReportGenerator(
+        model=Baseline3dForReportGeneration(config),
+        processor=MsVlmProcessor.from_model_config(config, tokenizer),
+        placement=Placement.for_device("cpu"),
+    )
+    baseline.save_pretrained(tmp_path / "baseline")
+    reloaded = ReportGenerator.from_pretrained(tmp_path / "baseline")
+    assert isinstance(reloaded.model, Baseline3dForReportGeneration)
+    assert reloaded.generate_report(study, max_new_tokens=6) == baseline.generate_report(
+        study, max_new_tokens=6
+    )
+
+
+def test_placement_is_explicit() -> None:
+    cpu = Placement.for_device("cpu")
+    assert (cpu.weight_dtype, cpu.autocast_dtype) == (torch.float32, None)
+    with pytest.raises(ValueError, match="float32"):
+        Placement.for_device("cpu", weight_dtype=torch.bfloat16)
+    cuda = Placement.for_device("cuda:0") if torch.cuda.is_available() else None
+    if cuda is not None:
+        assert cuda.autocast_dtype in (torch.bfloat16, torch.float16)
+
+
+def test_from_pretrained_rejects_foreign_folders(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="model_type"):
+        ReportGenerator.from_pretrained(tmp_path)
