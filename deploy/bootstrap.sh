@@ -23,5 +23,5 @@ fi
 PYTHON="${PYTHON:-python3}"
 # The CPU build of PyTorch first: a bare `torch` requirement could pull a multi-GB CUDA build.
 "$PYTHON" -m pip install --quiet "torch==2.13.0"
-"$PYTHON" -m pip install --quiet -e ".[dev]"
+"$PYTHON" -m pip install --quiet -e ".[dev,lora]"
 echo "bootstrap: done"
