@@ -20,19 +20,18 @@ The steps, in order, each recorded as evidence or as an exclusion with a code:
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from node.errors import GroupingError
 from node.headers import InstanceHeader
-from node.manifest import Exclusion, ExclusionReason, Manifest, SliceRef, View
-from node.phase import PHASES, Label, assign_phases
-from node.sequence import assign_sequences
+from node.manifest import Exclusion, ExclusionReason, Manifest
+from node.phase import PHASES, assign_phases
+from node.selection import Candidate, select_views
+from node.sequence import SEQUENCES, assign_sequences
 from node.stacks import Stack, classify_plane, expand, split_series
 
 logger = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ WANTED_SEQUENCES = ("t1", "t1_post", "t2", "flair", "dwi", "adc")
 DEFAULT_WANTED_VIEWS: tuple[str, ...] = (
     *(f"CT:{plane}:{phase}" for plane in PLANES for phase in PHASES),
     *(f"MR:{plane}:{seq}" for plane in PLANES for seq in WANTED_SEQUENCES),
+    *(f"MR:{plane}:other" for plane in PLANES),
 )
 DEFAULT_PHASE_KEYWORDS: dict[str, tuple[str, ...]] = {
     "non_contrast": (
@@ -73,7 +73,7 @@ DEFAULT_SEQUENCE_KEYWORDS: dict[str, tuple[str, ...]] = {
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
 _DIFFUSION_MAPS = {"ADC", "EADC", "TRACEW", "TRACE", "DIFFUSION", "ISODWI"}
-_PROJECTIONS = {"MIP", "MINIP", "MNIP", "PROJECTION IMAGE", "VOLUME RENDERING", "VR", "3D"}
+_PROJECTIONS = {"MIP", "MINIP", "MNIP", "PROJECTION IMAGE", "VOLUME RENDERING"}
 
 
 class EmptyStudyError(GroupingError):
@@ -93,12 +93,14 @@ class GroupingSettings(BaseModel):
     #: preference; a stack whose key matches none is excluded as ``unwanted_view``
     wanted_views: tuple[str, ...] = DEFAULT_WANTED_VIEWS
     #: most views per study; the least preferred beyond it are excluded as ``max_views``
-    max_views: int = Field(default=16, ge=1)
+    max_views: int = Field(default=24, ge=1)
     #: longer stacks are subsampled uniformly to this many slices
     max_slices_per_view: int = Field(default=512, ge=1)
     #: stacks with fewer slices are not volumes (``too_few_slices``)
     min_slices: int = Field(default=8, ge=1)
-    #: exclude DERIVED images (reformats, MIPs) except diffusion maps (ADC, trace)
+    #: also exclude DERIVED reformats (MPR); diffusion maps (ADC, trace) are always kept
+    #: and projections (MIP/MinIP/VR) always excluded. Off by default: coronal and
+    #: sagittal CT are usually reformats of the axial acquisition.
     exclude_derived: bool = False
     #: a normal within this angle of a patient axis is axial/coronal/sagittal
     plane_tolerance_deg: float = Field(default=20.0, gt=0, le=45)
@@ -129,6 +131,8 @@ class GroupingSettings(BaseModel):
     t2_min_te_ms: float = 60.0
     flair_min_ti_ms: float = 1500.0
     t1_ir_ti_ms: tuple[float, float] = (300.0, 1500.0)
+    #: a 2D gradient echo (in/opposed-phase, T2*, FLASH) is ``other``, not t1
+    mr_2d_gre_is_other: bool = True
     #: MR keywords (last resort, only without TR/TE), tried in this order
     sequence_keywords: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: dict(DEFAULT_SEQUENCE_KEYWORDS)
@@ -140,26 +144,25 @@ class GroupingSettings(BaseModel):
     #: a series with several orientations, all below min_slices, is a localizer
     localizer_max_images: int = Field(default=30, ge=1)
 
-    @field_validator("venous_max_delay_s")
-    @classmethod
-    def _venous_after_arterial(cls, value: float, info: object) -> float:
-        arterial = getattr(info, "data", {}).get("arterial_max_delay_s", 0.0)
-        if value <= arterial:
+    @model_validator(mode="after")
+    def _consistent(self) -> GroupingSettings:
+        """Reject settings that cannot mean anything (the message names the key)."""
+        if self.venous_max_delay_s <= self.arterial_max_delay_s:
             raise ValueError("venous_max_delay_s must be greater than arterial_max_delay_s")
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    stack: Stack
-    modality: str
-    plane: str
-    plane_evidence: str
-    label: Label | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.modality}:{self.plane}:{self.label.value if self.label else 'unknown'}"
+        for name, values in (
+            ("order_phases", self.order_phases),
+            ("single_post_contrast_phase", (self.single_post_contrast_phase,)),
+            ("phase_keywords", tuple(self.phase_keywords)),
+        ):
+            unknown = sorted(set(values) - set(PHASES))
+            if unknown or not values:
+                raise ValueError(f"{name}: unknown or no phases {unknown}; known: {PHASES}")
+        unknown = sorted(set(self.sequence_keywords) - set(SEQUENCES))
+        if unknown:
+            raise ValueError(f"sequence_keywords: unknown classes {unknown}; known: {SEQUENCES}")
+        if self.t1_ir_ti_ms[0] >= self.t1_ir_ti_ms[1]:
+            raise ValueError("t1_ir_ti_ms must be (low, high) with low < high")
+        return self
 
 
 # ----------------------------------------------------------------- series level
@@ -185,11 +188,11 @@ def _series_exclusion(
         return ExclusionReason.LOCALIZER, "ImageType says LOCALIZER"
     if first.modality not in ("CT", "MR"):
         return ExclusionReason.UNSUPPORTED_MODALITY, f"modality {first.modality or '?'}"
+    if image_type & _PROJECTIONS:
+        return ExclusionReason.DERIVED, "projection image (MIP/MinIP/VR): not a slice stack"
     derived = bool(first.image_type) and first.image_type[0] == "DERIVED"
     if settings.exclude_derived and derived and not image_type & _DIFFUSION_MAPS:
         return ExclusionReason.DERIVED, "DERIVED image (reformat/secondary), not wanted"
-    if settings.exclude_derived and image_type & _PROJECTIONS:
-        return ExclusionReason.DERIVED, "projection image (MIP/MinIP/VR)"
     return None
 
 
@@ -254,135 +257,6 @@ def _series_stacks(
     return kept, excluded
 
 
-# ----------------------------------------------------------------- selection
-
-
-def _preference(key: str, settings: GroupingSettings) -> int | None:
-    for index, pattern in enumerate(settings.wanted_views):
-        if fnmatch.fnmatchcase(key, pattern):
-            return index
-    return None
-
-
-def _rank(candidate: _Candidate, settings: GroupingSettings) -> tuple[float, ...]:
-    """Sort key among stacks competing for one view key: best first."""
-    stack = candidate.stack
-    b_value = stack.items[0].b_value
-    b_distance = abs(b_value - settings.preferred_b_value) if b_value is not None else 0.0
-    number = stack.header.series_number
-    return (
-        b_distance,
-        round(stack.thickness, 3),
-        -len(stack.items),
-        float(number) if number is not None else 1e9,
-    )
-
-
-def _why_dropped(loser: _Candidate, winner: _Candidate) -> str:
-    lb, wb = loser.stack.items[0].b_value, winner.stack.items[0].b_value
-    if lb is not None and wb is not None and lb != wb:
-        why = f"b-value {wb:g} is closer to the preferred one than {lb:g}"
-    elif round(loser.stack.thickness, 3) != round(winner.stack.thickness, 3):
-        why = f"thinner slices ({winner.stack.thickness:g} mm vs {loser.stack.thickness:g} mm)"
-    elif len(loser.stack.items) != len(winner.stack.items):
-        why = f"more slices ({len(winner.stack.items)} vs {len(loser.stack.items)})"
-    else:
-        why = "lower series number"
-    return f"{loser.key} also provided by stack {winner.stack.stack_key}, kept for {why}"
-
-
-def _make_view(candidate: _Candidate, settings: GroupingSettings, selection: str) -> View:
-    stack = candidate.stack
-    indices = list(range(len(stack.items)))
-    warnings = list(stack.warnings)
-    if len(indices) > settings.max_slices_per_view:
-        n, m = len(indices), settings.max_slices_per_view
-        indices = sorted({round(i * (n - 1) / (m - 1)) for i in range(m)}) if m > 1 else [n // 2]
-        warnings.append(f"subsampled uniformly from {n} to {len(indices)} slices")
-    positions = [stack.positions[i] for i in indices]
-    steps = sorted(b - a for a, b in zip(positions, positions[1:], strict=False))
-    label = candidate.label or Label("unknown", "")
-    if label.warning:
-        warnings.append(label.warning)
-    first = stack.items[0]
-    is_ct = candidate.modality == "CT"
-    return View(
-        key=candidate.key,
-        series_instance_uid=stack.series_instance_uid,
-        stack_key=stack.stack_key,
-        modality=candidate.modality,
-        plane=candidate.plane,
-        phase=label.value if is_ct else None,
-        sequence=None if is_ct else label.value,
-        b_value=first.b_value if label.value == "dwi" else None,
-        slice_count=len(indices),
-        spacing_mm=steps[len(steps) // 2] if steps else 0.0,
-        pixel_spacing=first.pixel_spacing,
-        evidence={
-            "plane": candidate.plane_evidence,
-            "phase" if is_ct else "sequence": label.evidence,
-            "stack": f"{stack.split}; {len(stack.items)} slices",
-            "selection": selection,
-        },
-        warnings=warnings,
-        slices=[
-            SliceRef(
-                sop_instance_uid=stack.items[i].header.sop_instance_uid,
-                frame=stack.items[i].frame,
-                path=stack.items[i].header.path,
-                position=stack.positions[i],
-            )
-            for i in indices
-        ],
-    )
-
-
-def _select(candidates: list[_Candidate], settings: GroupingSettings) -> tuple[list[View], list[Exclusion]]:
-    excluded: list[Exclusion] = []
-    by_key: dict[str, list[_Candidate]] = defaultdict(list)
-    for candidate in candidates:
-        if _preference(candidate.key, settings) is None:
-            excluded.append(
-                _exclusion(
-                    candidate, ExclusionReason.UNWANTED_VIEW, f"view {candidate.key} is not in wanted_views"
-                )
-            )
-        else:
-            by_key[candidate.key].append(candidate)
-    winners: list[_Candidate] = []
-    for group in by_key.values():
-        group.sort(key=lambda c: (_rank(c, settings), c.stack.stack_key))
-        winners.append(group[0])
-        excluded.extend(
-            _exclusion(loser, ExclusionReason.DUPLICATE_VIEW, _why_dropped(loser, group[0]))
-            for loser in group[1:]
-        )
-    winners.sort(key=lambda c: (_preference(c.key, settings), c.key))
-    for dropped in winners[settings.max_views :]:
-        excluded.append(
-            _exclusion(
-                dropped, ExclusionReason.MAX_VIEWS, f"{dropped.key} is beyond max_views {settings.max_views}"
-            )
-        )
-    views = []
-    for chosen in winners[: settings.max_views]:
-        selection = (
-            f"wanted_views rank {_preference(chosen.key, settings)}; "
-            f"{len(by_key[chosen.key])} candidate(s) for {chosen.key}"
-        )
-        views.append(_make_view(chosen, settings, selection))
-    return views, excluded
-
-
-def _exclusion(candidate: _Candidate, code: ExclusionReason, reason: str) -> Exclusion:
-    return Exclusion(
-        series_instance_uid=candidate.stack.series_instance_uid,
-        stack_key=candidate.stack.stack_key,
-        reason_code=code,
-        reason=reason,
-    )
-
-
 # ----------------------------------------------------------------- entry point
 
 
@@ -413,7 +287,13 @@ def group_study(headers: Sequence[InstanceHeader], settings: GroupingSettings) -
         stacks.extend(kept)
         excluded.extend(dropped)
     candidates = _label(stacks, settings)
-    views, dropped = _select(candidates, settings)
+    views, dropped = select_views(
+        candidates,
+        wanted_views=settings.wanted_views,
+        max_views=settings.max_views,
+        max_slices_per_view=settings.max_slices_per_view,
+        preferred_b_value=settings.preferred_b_value,
+    )
     excluded.extend(dropped)
     for item in excluded:
         logger.info(
@@ -437,7 +317,7 @@ def _series_order(headers: Iterable[InstanceHeader], uid: str) -> tuple[int, str
     return (min(numbers) if numbers else 1 << 30, uid)
 
 
-def _label(stacks: list[Stack], settings: GroupingSettings) -> list[_Candidate]:
+def _label(stacks: list[Stack], settings: GroupingSettings) -> list[Candidate]:
     """Plane for every stack, then CT phases and MR classes (study-wide context)."""
     planes = {s.stack_key: classify_plane(s.normal, settings.plane_tolerance_deg) for s in stacks}
     ct = [s for s in stacks if s.header.modality == "CT"]
@@ -461,12 +341,13 @@ def _label(stacks: list[Stack], settings: GroupingSettings) -> list[_Candidate]:
             t2_min_te_ms=settings.t2_min_te_ms,
             flair_min_ti_ms=settings.flair_min_ti_ms,
             t1_ir_ti_ms=settings.t1_ir_ti_ms,
+            gre_2d_is_other=settings.mr_2d_gre_is_other,
             keywords=settings.sequence_keywords,
             post_keywords=settings.post_contrast_keywords,
         )
     )
     return [
-        _Candidate(
+        Candidate(
             stack=s,
             modality=s.header.modality,
             plane=planes[s.stack_key][0],

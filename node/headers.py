@@ -103,6 +103,7 @@ class InstanceHeader:
     sequence_variant: tuple[str, ...] = ()
     scan_options: tuple[str, ...] = ()
     acquisition_contrast: str = ""
+    mr_acquisition_type: str = ""
     echo_time: float | None = None
     repetition_time: float | None = None
     inversion_time: float | None = None
@@ -242,21 +243,23 @@ def _first(groups: Iterable[Dataset | None], seq: str, keyword: str) -> Any:
 
 
 def _private_b_value(ds: Dataset) -> float | None:
-    """b-value from the two vendor private tags in wide use, creator-checked."""
-    for group, creator_name, offset, modulo in (
-        (0x0019, "SIEMENS CSA HEADER", 0x0C, None),
-        (0x0043, "GEMS_PARM_01", 0x39, 100000.0),
-    ):
-        for block in range(0x10, 0x100):
-            creator = ds.get((group, block))
-            if creator is None:
-                continue
-            if str(creator.value).strip().upper() != creator_name:
-                continue
-            element = ds.get((group, (block << 8) | offset))
-            value = _float(element.value if element is not None else None)
-            if value is None:
-                return None
+    """b-value from the two vendor private tags in wide use, creator-checked.
+
+    Only the private creator elements actually present are looked at (iterating
+    all 240 possible blocks per group would dominate the header's cost).
+    """
+    vendors = {0x0019: ("SIEMENS CSA HEADER", 0x0C, None), 0x0043: ("GEMS_PARM_01", 0x39, 1e5)}
+    for tag in list(ds.keys()):
+        group, element = tag >> 16, tag & 0xFFFF
+        if group not in vendors or not 0x10 <= element <= 0xFF:
+            continue
+        creator_name, offset, modulo = vendors[group]
+        creator = ds.get(tag)
+        if creator is None or str(creator.value).strip().upper() != creator_name:
+            continue
+        value_element = ds.get((group << 16) | (element << 8) | offset)
+        value = _float(value_element.value if value_element is not None else None)
+        if value is not None:
             return value % modulo if modulo else value
     return None
 
@@ -345,7 +348,7 @@ def header_from_dataset(ds: Dataset, path: str | Path) -> InstanceHeader:
     timing = _item(shared, "MRTimingAndRelatedParametersSequence")  # Enhanced MR
     modifier = _item(shared, "MRModifierSequence")
     b_value = _float(_get(ds, "DiffusionBValue"))
-    if b_value is None and not frames:
+    if b_value is None and not frames and _text(_get(ds, "Modality")).upper() == "MR":
         b_value = _private_b_value(ds)
     return InstanceHeader(
         path=str(path),
@@ -386,6 +389,7 @@ def header_from_dataset(ds: Dataset, path: str | Path) -> InstanceHeader:
         sequence_variant=_strings(_get(ds, "SequenceVariant")),
         scan_options=_strings(_get(ds, "ScanOptions")),
         acquisition_contrast=acquisition_contrast.upper(),
+        mr_acquisition_type=_text(_get(ds, "MRAcquisitionType")).upper(),
         echo_time=_or(_float(_get(ds, "EchoTime")), ff.echo_time),
         repetition_time=_or(_float(_get(ds, "RepetitionTime")), _float(_get(timing, "RepetitionTime"))),
         inversion_time=_or(_float(_get(ds, "InversionTime")), _float(_get(modifier, "InversionTimes"))),

@@ -29,6 +29,7 @@ class ExclusionReason(StrEnum):
     DERIVED = "derived"
     BROKEN_GEOMETRY = "broken_geometry"
     TOO_FEW_SLICES = "too_few_slices"
+    OBLIQUE = "oblique"
     UNWANTED_VIEW = "unwanted_view"
     DUPLICATE_VIEW = "duplicate_view"
     MAX_VIEWS = "max_views"

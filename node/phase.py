@@ -117,12 +117,12 @@ def assign_phases(
 ) -> dict[str, Label]:
     """Label every CT stack of one study (keyed by stack_key); see the module doc."""
     labels: dict[str, Label] = {}
-    starts = [
+    starts = sorted(
         (s.header.contrast_start_time, s.series_instance_uid)
         for s in stacks
         if s.header.contrast_start_time is not None
-    ]
-    study_start = min(starts) if starts else None
+    )
+    study_start, start_series = starts[0] if starts else (None, "")
     study_tagged = any(s.header.has_contrast_tags for s in stacks)
     untimed_post: list[Stack] = []
     limits = f"(<{arterial_max_delay_s:g} s arterial, <{venous_max_delay_s:g} s venous)"
@@ -130,14 +130,14 @@ def assign_phases(
         header = stack.header
         time, source = stack_time(stack)
         own_start = header.contrast_start_time
-        if time is not None and (own_start is not None or study_start is not None):
-            start = own_start if own_start is not None else study_start[0]  # type: ignore[index]
+        start = own_start if own_start is not None else study_start
+        if time is not None and start is not None:
             delay = _delay(time, start)
             phase = phase_from_delay(delay, arterial_max_delay_s, venous_max_delay_s)
             whose = (
                 "its ContrastBolusStartTime"
                 if own_start is not None
-                else f"the study's contrast start (series {study_start[1]})"  # type: ignore[index]
+                else f"the study's contrast start (series {start_series})"
             )
             if delay < 0:
                 text = f"{source} is {-delay:.0f} s before {whose} -> non_contrast"

@@ -8,7 +8,10 @@ Acquisition parameters decide before free text, in this order (first hit wins):
 3. InversionTime >= ``flair_min_ti_ms`` (or AcquisitionContrast FLUID_ATTENUATED)
    -> flair; ``t1_ir_ti_ms`` range with a short TE -> t1 (MPRAGE-like);
    a shorter TI (STIR) -> other.
-4. Enhanced MR AcquisitionContrast T1 / T2 -> t1 / t2.
+4. A 2D gradient echo (ScanningSequence GR / EchoPulseSequence GRADIENT only,
+   MRAcquisitionType 2D: in/opposed-phase, T2*, FLASH) -> other when
+   ``mr_2d_gre_is_other`` (anatomical T1 views are spin echo or 3D GRE); then
+   Enhanced MR AcquisitionContrast T1 / T2 -> t1 / t2.
 5. TR/TE: TR <= ``t1_max_tr_ms`` and TE <= ``t1_max_te_ms`` -> t1;
    TR >= ``t2_min_tr_ms`` and TE >= ``t2_min_te_ms`` -> t2; otherwise other
    (proton density, T2*, ...).
@@ -43,6 +46,7 @@ def _base_class(
     t2_min_te_ms: float,
     flair_min_ti_ms: float,
     t1_ir_ti_ms: tuple[float, float],
+    gre_2d_is_other: bool,
     keywords: Mapping[str, Sequence[str]],
 ) -> tuple[str, str]:
     header = stack.header
@@ -64,6 +68,9 @@ def _base_class(
             return "t1", f"inversion-prepared T1: TI {ti:g} ms, TE {_g(te)} ms"
         if ti < low:
             return "other", f"short-TI inversion recovery (STIR-like): TI {ti:g} ms"
+    gradient_only = set(header.scanning_sequence) in ({"GR"}, {"GRADIENT"})
+    if gre_2d_is_other and gradient_only and header.mr_acquisition_type == "2D":
+        return "other", "2D gradient echo (in/opposed-phase, T2*, FLASH): not a T1/T2 class"
     if contrast in ("T1", "T2"):
         return contrast.lower(), f"Enhanced MR AcquisitionContrast {contrast}"
     if te is not None and tr is not None:
@@ -90,6 +97,7 @@ def assign_sequences(
     t2_min_te_ms: float,
     flair_min_ti_ms: float,
     t1_ir_ti_ms: tuple[float, float],
+    gre_2d_is_other: bool,
     keywords: Mapping[str, Sequence[str]],
     post_keywords: Sequence[str],
 ) -> dict[str, Label]:
@@ -107,6 +115,7 @@ def assign_sequences(
             t2_min_te_ms=t2_min_te_ms,
             flair_min_ti_ms=flair_min_ti_ms,
             t1_ir_ti_ms=t1_ir_ti_ms,
+            gre_2d_is_other=gre_2d_is_other,
             keywords=keywords,
         )
         if label in ("t1", "t1_post"):

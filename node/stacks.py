@@ -17,6 +17,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from node.headers import InstanceHeader, Orientation, Vec3
 
@@ -150,6 +151,7 @@ def angle_deg(a: Sequence[float], b: Sequence[float]) -> float:
 
 def expand(header: InstanceHeader) -> tuple[list[SliceItem], int]:
     """The slices of one instance with valid geometry, and how many had none/bad."""
+    sources: list[tuple[Any, ...]]
     if header.frames:
         sources = [
             (

@@ -2,10 +2,11 @@
 
 Memory is bounded to one view: the output array is allocated once, each decode
 task writes its slice straight into it, and every file is read exactly once
-(pixels and geometry from the same parse). Files are decoded in parallel by a
-thread pool: dcmread's parsing holds the GIL, but reading, the C decoders
-(pylibjpeg, pyjpegls) and numpy's rescale release it; ``bench/load_series.py``
-measures the gain against a plain sequential pydicom loop.
+(pixels and geometry from the same parse). Files are decoded in parallel
+(:mod:`node.decode`) by a thread pool: the raw reads and numpy's rescale release
+the GIL; a process pool is available for decoders that hold it (see
+``VolumeSettings.executor``). ``bench/load_series.py`` measures the gain against
+a plain sequential pydicom loop.
 
 Geometry is taken from the files, not trusted from the manifest, and checked:
 slices are sorted along the stack normal, duplicates are dropped (warning),
@@ -26,7 +27,6 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,20 +35,13 @@ import numpy as np
 import pydicom
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.decode import Decoded, SliceReadError, UnsupportedPixelsError, decode_files
 from node.errors import VolumeError
-from node.headers import FrameGeometry, InstanceHeader, header_from_dataset
+from node.headers import FrameGeometry
 from node.manifest import SliceRef, View
 from node.stacks import angle_deg, stack_normal
 
 logger = logging.getLogger(__name__)
-
-
-class SliceReadError(VolumeError):
-    """A slice file is missing, unreadable, or its pixel data cannot be decoded."""
-
-
-class UnsupportedPixelsError(VolumeError):
-    """Pixel data the loader does not handle (colour, wrong matrix)."""
 
 
 class VolumeTooLargeError(VolumeError):
@@ -80,8 +73,15 @@ class VolumeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: decode threads; 0 = the CPUs this process may use (at most 16)
+    #: parallel decoders; 0 = the CPUs this process may use (at most 16)
     decode_workers: int = Field(default=0, ge=0)
+    #: ``thread``: a thread pool; raw reads, numpy's rescale and partly the
+    #: RLE/JPEG-LS decoders release the GIL. ``process``: a forkserver process
+    #: pool, for many-core workers fed JPEG 2000 (openjpeg holds the GIL); it
+    #: re-imports the main module in its workers, so the program needs an
+    #: ``if __name__ == "__main__"`` guard. ``auto``: threads (processes lost to
+    #: threads on 2 busy cores: pool start-up and result copies)
+    executor: Literal["auto", "thread", "process"] = "auto"
     #: neighbouring slices farther apart than this x the median spacing are a gap
     gap_factor: float = Field(default=1.5, gt=1.0)
     #: a gap is an ``error`` (missing slices: resend) or a ``warn``ing (keep as is)
@@ -140,74 +140,9 @@ class _Checked:
     warnings: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class _Decoded:
-    """Geometry of one decoded slice, as read from its own file."""
-
-    slot: int
-    header: InstanceHeader
-    geometry: FrameGeometry
-
-
 def _resolve(ref: SliceRef, root: Path | None) -> Path:
     path = Path(ref.path)
     return path if path.is_absolute() or root is None else root / path
-
-
-def _frame_geometry(header: InstanceHeader, frame: int | None) -> FrameGeometry:
-    if frame is not None and header.frames:
-        if not 0 <= frame < len(header.frames):
-            raise SliceReadError(f"{header.path}: frame {frame} does not exist")
-        return header.frames[frame]
-    return FrameGeometry(
-        position=header.image_position,
-        orientation=header.image_orientation,
-        pixel_spacing=header.pixel_spacing,
-        slice_thickness=header.slice_thickness,
-        rescale_slope=header.rescale_slope,
-        rescale_intercept=header.rescale_intercept,
-    )
-
-
-def _store(dst: np.ndarray, src: np.ndarray, slope: float | None, intercept: float | None) -> None:
-    """dst[...] = src * slope + intercept, in float32, without temporaries."""
-    if src.shape != dst.shape:
-        raise UnsupportedPixelsError(f"slice of shape {src.shape}, the view's first is {dst.shape}")
-    if slope is not None and slope != 1.0:
-        np.multiply(src, np.float32(slope), out=dst, casting="unsafe")
-    else:
-        dst[...] = src
-    if intercept:
-        dst += np.float32(intercept)
-
-
-def _decode_file(path: Path, refs: Sequence[tuple[int, int | None]], out: np.ndarray) -> list[_Decoded]:
-    """Read one file once; write each wanted slice/frame into ``out[slot]``."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - anything pydicom raises means "unreadable"
-        raise SliceReadError(f"{path}: cannot read ({exc}); is the store intact?") from exc
-    header = header_from_dataset(ds, path)
-    if header.samples_per_pixel != 1:
-        raise UnsupportedPixelsError(f"{path}: {header.samples_per_pixel} samples per pixel")
-    results = []
-    try:
-        if header.number_of_frames > 1:
-            wanted = sorted({frame or 0 for _, frame in refs})
-            frames = dict(zip(wanted, pydicom.pixels.iter_pixels(ds, indices=wanted), strict=True))
-        else:
-            frames = {0: ds.pixel_array}
-    except Exception as exc:  # noqa: BLE001 - decoder plugins raise anything
-        raise SliceReadError(
-            f"{path}: cannot decode pixel data in transfer syntax "
-            f"{header.transfer_syntax_uid} ({exc}); install the pylibjpeg/pyjpegls plugin "
-            "for it or ask the sender to send uncompressed"
-        ) from exc
-    for slot, frame in refs:
-        geometry = _frame_geometry(header, frame)
-        _store(out[slot], frames[frame or 0], geometry.rescale_slope, geometry.rescale_intercept)
-        results.append(_Decoded(slot=slot, header=header, geometry=geometry))
-    return results
 
 
 def _workers(settings: VolumeSettings, tasks: int) -> int:
@@ -216,20 +151,13 @@ def _workers(settings: VolumeSettings, tasks: int) -> int:
     return max(1, min(wanted, tasks))
 
 
-def _decode_all(view: View, root: Path | None, out: np.ndarray, settings: VolumeSettings) -> list[_Decoded]:
+def _decode_all(view: View, root: Path | None, out: np.ndarray, settings: VolumeSettings) -> list[Decoded]:
     by_path: dict[Path, list[tuple[int, int | None]]] = defaultdict(list)
     for slot, ref in enumerate(view.slices):
         by_path[_resolve(ref, root)].append((slot, ref.frame))
     workers = _workers(settings, len(by_path))
-    if workers == 1:
-        parts = [_decode_file(path, refs, out) for path, refs in by_path.items()]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            futures = [pool.submit(_decode_file, p, r, out) for p, r in by_path.items()]
-            parts = [f.result() for f in futures]
-    decoded = [d for part in parts for d in part]
-    decoded.sort(key=lambda d: d.slot)
-    return decoded
+    processes = settings.executor == "process"
+    return decode_files(list(by_path.items()), out, workers=workers, processes=processes)
 
 
 # ----------------------------------------------------------------- geometry
@@ -256,7 +184,7 @@ def _permute_in_place(out: np.ndarray, order: Sequence[int]) -> None:
 
 
 def _check_geometry(
-    decoded: list[_Decoded], out: np.ndarray, view: View, settings: VolumeSettings
+    decoded: list[Decoded], out: np.ndarray, view: View, settings: VolumeSettings
 ) -> _Checked:
     """Sort, de-duplicate and check spacing and tilt; returns the kept pixels."""
     warnings: list[str] = []
@@ -270,7 +198,7 @@ def _check_geometry(
         other = stack_normal(d.geometry.orientation) if d.geometry.orientation else None
         if other is None or angle_deg(other, normal) > settings.orientation_tolerance_deg:
             raise MixedGeometryError(
-                f"{view.key}: {d.header.path} has another orientation than the first slice; "
+                f"{view.key}: {d.path} has another orientation than the first slice; "
                 "the view mixes stacks - regroup the study"
             )
     points = np.array([d.geometry.position for d in decoded], dtype=np.float64)
@@ -298,7 +226,8 @@ def _check_geometry(
         out, points, positions = out[: len(keep)], points[keep], positions[keep]
         warnings.append(f"{dropped} duplicate slice(s) at repeated positions dropped")
     steps = np.diff(positions)
-    spacing = float(np.median(steps)) if len(steps) else float(view.spacing_mm or 0.0)
+    thickness = decoded[0].geometry.slice_thickness
+    spacing = float(np.median(steps)) if len(steps) else float(thickness or view.spacing_mm or 0.0)
     if len(steps):
         _check_steps(steps, positions, spacing, view, settings, warnings)
         _check_tilt(points, normal, view, settings, warnings)
