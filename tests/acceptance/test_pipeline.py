@@ -1,0 +1,290 @@
+"""From study to SR in the PACS, with real peers: dcmtk storescu -> node -> dcmtk storescp.
+
+The node runs as subprocesses (``serve`` and ``worker``) against SQLite and
+PostgreSQL. A tiny random model keeps the worker mechanics fast; the content of
+the report is checked with the bundled demo weights in test_demo.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import create_engine, func, select, text
+
+from models.phantom import PhantomSpec, generate_study, write_study
+from node.manifest import Manifest
+from node.schema import Delivery, Job, JobEvent, Result
+from node.srcheck import validate_sr
+from tests.support import dcmtk
+from tests.support.models import save_tiny_model
+from tests.support.node import REPO, NodeProcess, free_port
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
+
+FAST = {
+    "settle": {"after_release_seconds": 1.0, "interval_seconds": 0.3, "quiet_seconds": 30.0},
+    "worker": {"poll_seconds": 0.3, "lease_seconds": 4.0},
+    "delivery": {"interval_seconds": 0.3, "backoff_seconds": 0.5, "max_backoff_seconds": 2.0,
+                 "timeout_seconds": 5.0},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+class StoreScp:
+    """dcmtk storescp as the PACS that receives our SRs."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StoreScp:
+        self.proc = subprocess.Popen([dcmtk.tool("storescp"), "-aet", "PACS", "-od", str(self.directory),
+                                      str(self.port)], env=dcmtk.env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return self
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[StoreScp]:
+    scp = StoreScp(tmp_path / "pacs").start()
+    yield scp
+    scp.stop()
+
+
+def destination(port: int) -> dict[str, Any]:
+    return {"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}]}
+
+
+def pipeline_node(node_factory: Callable[..., NodeProcess], model: Path, dest_port: int,
+                  roles: tuple[str, ...] = ("receiver", "scheduler", "worker"),
+                  extra: dict[str, dict[str, Any]] | None = None) -> NodeProcess:
+    tables: dict[str, dict[str, Any]] = {k: dict(v) for k, v in FAST.items()}
+    tables["model"] = {"path": str(model)}
+    tables["delivery"] = {**tables["delivery"], **destination(dest_port)}
+    for key, values in (extra or {}).items():
+        tables.setdefault(key, {}).update(values)
+    return node_factory(extra=tables, roles=roles)
+
+
+def phantom(tmp_path: Path, seed: int, **spec: Any) -> list[Path]:
+    options: dict[str, Any] = {"modality": "CT", "planes": ("axial",), "phases": ("non_contrast", "arterial"),
+                               "seed": seed, "matrix": 48, "slices": 16}
+    options.update(spec)
+    out = tmp_path / f"phantom-{seed}"
+    write_study(generate_study(PhantomSpec(**options)), out)
+    return sorted(out.rglob("*.dcm"))
+
+
+def send(node: NodeProcess, files: list[Path]) -> None:
+    result = dcmtk.run("storescu", "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1", str(node.port),
+                       *map(str, files))
+    assert result.returncode == 0, result.stderr
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, node: NodeProcess | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{node.log()[-4000:]}" if node else ""))
+
+
+def ledger(url: str, stmt: Any) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(stmt).all())
+    finally:
+        engine.dispose()
+
+
+def cli(node: NodeProcess, *args: str) -> Any:
+    out = subprocess.run([sys.executable, "-m", "node", "--config", str(node.config), *args, "--json"],
+                         capture_output=True, text=True, cwd=node.workdir, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_study_to_validated_sr_at_the_pacs(node_factory: Callable[..., NodeProcess], tiny_model: Path,
+                                           pacs: StoreScp, tmp_path: Path) -> None:
+    node = pipeline_node(node_factory, tiny_model, pacs.port).start()
+    files = phantom(tmp_path, seed=11)
+    send(node, files)
+    wait_for(pacs.files, 120, "the SR at the PACS", node)
+    [sr_file] = pacs.files()
+    warnings = validate_sr(sr_file)  # dciodvfy and dsrdump: raises on any error
+    assert isinstance(warnings, list)
+    sr = dcmread(sr_file)
+    assert sr.Modality == "SR" and sr.Manufacturer == "msvlm-node"
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+
+    [job] = cli(node, "jobs", "list")
+    assert job["state"] == "succeeded"
+    detail = cli(node, "jobs", "show", str(job["id"]))
+    manifest = Manifest.model_validate(detail["manifest"])
+    used = {ref.sop_instance_uid for view in manifest.views for ref in view.slices}
+    referenced = {inst.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                  for series in study.ReferencedSeriesSequence for inst in series.ReferencedSOPSequence}
+    assert referenced == used
+    assert sr.StudyInstanceUID == manifest.study_instance_uid
+    assert detail["result"]["sr_sop_instance_uid"] == sr.SOPInstanceUID
+    assert [d["state"] for d in detail["deliveries"]] == ["succeeded"]
+    assert all(detail["timings"][k] is not None for k in ("load_seconds", "infer_seconds", "report_seconds"))
+    studies = cli(node, "studies", "list")
+    assert studies[0]["job_state"] == "succeeded"
+
+    # the admin views answer with this job
+    summary = ledger(node.database_url, text("SELECT job_id, state, deliveries_succeeded FROM v_job_summary"))
+    assert [tuple(r) for r in summary] == [(job["id"], "succeeded", 1)]
+    [turnaround] = ledger(node.database_url, text("SELECT last_image_to_sr_seconds FROM v_turnaround"))
+    assert 0 < turnaround[0] < 120
+    assert ledger(node.database_url, text("SELECT * FROM v_failures")) == []
+
+    # re-sending the same study creates no second job
+    send(node, files)
+    time.sleep(3)
+    assert len(cli(node, "jobs", "list")) == 1
+    assert node.stop() == 0
+
+
+def test_destination_down_then_up_gets_the_sr(node_factory: Callable[..., NodeProcess], tiny_model: Path,
+                                              tmp_path: Path) -> None:
+    down = StoreScp(tmp_path / "late-pacs")  # not started yet: the port refuses connections
+    node = pipeline_node(node_factory, tiny_model, down.port).start()
+    send(node, phantom(tmp_path, seed=12))
+    wait_for(lambda: ledger(node.database_url, select(Delivery.id).where(Delivery.state == "failed")), 120,
+             "a failed delivery attempt", node)
+    down.start()
+    try:
+        wait_for(down.files, 60, "the SR after the destination came back", node)
+    finally:
+        down.stop()
+    rows = ledger(node.database_url, select(Delivery.attempt, Delivery.state, Delivery.error).order_by(Delivery.attempt))
+    assert rows[-1].state == "succeeded" and rows[0].state == "failed"
+    assert "cannot reach PACS@127.0.0.1" in rows[0].error
+    failures = ledger(node.database_url, text("SELECT kind, reason FROM v_failures"))
+    assert failures and all(kind == "delivery" for kind, _ in failures)
+
+
+def _worker(node: NodeProcess, name: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MSVLM_NODE_CONFIG": str(node.config), "PYTHONPATH": str(REPO),
+           "MSVLM_NODE_WORKER__NAME": name}
+    log = (node.workdir / f"{name}.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "node", "worker"], cwd=node.workdir, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def test_killed_worker_job_is_finished_by_another(node_factory: Callable[..., NodeProcess], tiny_model: Path,
+                                                  pacs: StoreScp, tmp_path: Path) -> None:
+    node = pipeline_node(node_factory, tiny_model, pacs.port, roles=("receiver", "scheduler")).start()
+    send(node, phantom(tmp_path, seed=13, planes=("axial", "coronal"), matrix=192, slices=64))
+    wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "pending")), 60, "a job", node)
+    first = _worker(node, "worker-a")
+    try:
+        wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "running")), 120,
+                 "worker-a to claim the job", node)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    [(state,)] = ledger(node.database_url, select(Job.state))
+    if state == "succeeded":
+        pytest.fail("worker-a finished before it could be killed; make the study larger")
+    second = _worker(node, "worker-b")
+    try:
+        wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "succeeded")), 180,
+                 "worker-b to finish the job", node)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    [job] = ledger(node.database_url, select(Job.attempts, Job.worker))
+    assert job.attempts == 2 and job.worker == "worker-b"
+    events = ledger(node.database_url, select(JobEvent.to_state, JobEvent.actor).order_by(JobEvent.id))
+    assert [e.to_state for e in events] == ["pending", "running", "pending", "running", "succeeded"]
+    assert events[1].actor == "worker-a" and events[3].actor == "worker-b"
+    wait_for(pacs.files, 60, "the SR", node)
+
+
+def test_two_workers_run_each_of_ten_jobs_exactly_once(node_factory: Callable[..., NodeProcess],
+                                                       tiny_model: Path, pacs: StoreScp, tmp_path: Path) -> None:
+    node = pipeline_node(node_factory, tiny_model, pacs.port, roles=("receiver", "scheduler")).start()
+    for seed in range(20, 30):
+        send(node, phantom(tmp_path, seed=seed, phases=("non_contrast",), matrix=32, slices=12,
+                           include_localizer=False, include_dose_report=False, include_oblique=False))
+    wait_for(lambda: len(ledger(node.database_url, select(Job.id))) == 10, 60, "ten jobs", node)
+    workers = [_worker(node, "worker-1"), _worker(node, "worker-2")]
+    try:
+        wait_for(lambda: ledger(node.database_url, select(func.count()).select_from(Job)
+                                .where(Job.state == "succeeded"))[0][0] == 10, 300, "ten succeeded jobs", node)
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.wait(timeout=60)
+    assert {row.attempts for row in ledger(node.database_url, select(Job.attempts))} == {1}
+    runs = ledger(node.database_url, select(JobEvent.job_id, func.count()).where(JobEvent.to_state == "running")
+                  .group_by(JobEvent.job_id))
+    assert sorted(n for _, n in runs) == [1] * 10
+    assert ledger(node.database_url, select(func.count()).select_from(Result))[0][0] == 10
+    wait_for(lambda: len(pacs.files()) == 10, 60, "ten SRs at the PACS", node)
+
+
+def test_corrupt_pixel_data_fails_that_job_and_the_next_study_still_processes(
+    node_factory: Callable[..., NodeProcess], tiny_model: Path, pacs: StoreScp, tmp_path: Path
+) -> None:
+    from pydicom.uid import RLELossless
+
+    node = pipeline_node(node_factory, tiny_model, pacs.port).start()
+    files = phantom(tmp_path, seed=14, phases=("non_contrast",), include_localizer=False,
+                    include_dose_report=False, include_oblique=False)
+    corrupted = tmp_path / "corrupt"
+    corrupted.mkdir()
+    broken = []
+    for i, path in enumerate(files):
+        ds = dcmread(path)
+        ds.compress(RLELossless)
+        if i == 3:  # same length, garbage content: structurally valid, undecodable
+            frame = bytearray(ds.PixelData)
+            frame[-200:] = b"\xff" * 200
+            ds.PixelData = bytes(frame)
+        out = corrupted / path.name
+        ds.save_as(out, enforce_file_format=True)
+        broken.append(out)
+    send(node, broken)
+    failed = wait_for(lambda: ledger(node.database_url, select(Job.id, Job.error).where(Job.state == "failed")),
+                      120, "the corrupt study's job to fail", node)
+    assert len(failed) == 1 and failed[0].error
+    assert "decode" in failed[0].error.lower() or "pixel" in failed[0].error.lower()
+    send(node, phantom(tmp_path, seed=15))
+    wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "succeeded")), 120,
+             "the next study to succeed", node)
+    [(kind, reason)] = ledger(node.database_url, text("SELECT kind, reason FROM v_failures"))
+    assert kind == "job" and reason == failed[0].error
