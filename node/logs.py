@@ -51,5 +51,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     # pynetdicom narrates every PDU at INFO; keep its voice for warnings and up
     quiet = max(logging.WARNING, logging.getLevelName(level))
-    for noisy in ("pynetdicom", "alembic"):
+    for noisy in ("pynetdicom", "alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(quiet)

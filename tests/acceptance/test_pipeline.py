@@ -100,9 +100,9 @@ def phantom(tmp_path: Path, seed: int, **spec: Any) -> list[Path]:
     return sorted(out.rglob("*.dcm"))
 
 
-def send(node: NodeProcess, files: list[Path]) -> None:
-    result = dcmtk.run("storescu", "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1", str(node.port),
-                       *map(str, files))
+def send(node: NodeProcess, files: list[Path], *options: str) -> None:
+    result = dcmtk.run("storescu", *options, "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
+                       str(node.port), *map(str, files))
     assert result.returncode == 0, result.stderr
 
 
@@ -196,9 +196,9 @@ def test_destination_down_then_up_gets_the_sr(node_factory: Callable[..., NodePr
 def _worker(node: NodeProcess, name: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MSVLM_NODE_CONFIG": str(node.config), "PYTHONPATH": str(REPO),
            "MSVLM_NODE_WORKER__NAME": name}
-    log = (node.workdir / f"{name}.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "node", "worker"], cwd=node.workdir, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    with (node.workdir / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "node", "worker"], cwd=node.workdir, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def test_killed_worker_job_is_finished_by_another(node_factory: Callable[..., NodeProcess], tiny_model: Path,
@@ -260,6 +260,7 @@ def test_two_workers_run_each_of_ten_jobs_exactly_once(node_factory: Callable[..
 def test_corrupt_pixel_data_fails_that_job_and_the_next_study_still_processes(
     node_factory: Callable[..., NodeProcess], tiny_model: Path, pacs: StoreScp, tmp_path: Path
 ) -> None:
+    from pydicom.encaps import encapsulate, generate_frames
     from pydicom.uid import RLELossless
 
     node = pipeline_node(node_factory, tiny_model, pacs.port).start()
@@ -271,14 +272,13 @@ def test_corrupt_pixel_data_fails_that_job_and_the_next_study_still_processes(
     for i, path in enumerate(files):
         ds = dcmread(path)
         ds.compress(RLELossless)
-        if i == 3:  # same length, garbage content: structurally valid, undecodable
-            frame = bytearray(ds.PixelData)
-            frame[-200:] = b"\xff" * 200
-            ds.PixelData = bytes(frame)
+        if i == 3:  # a garbage RLE segment table: structurally valid DICOM, undecodable pixels
+            [fragment] = list(generate_frames(ds.PixelData, number_of_frames=1))
+            ds.PixelData = encapsulate([b"\x7f" * 64 + fragment[64:]])
         out = corrupted / path.name
         ds.save_as(out, enforce_file_format=True)
         broken.append(out)
-    send(node, broken)
+    send(node, broken, "-xr")  # propose RLE: keep the files as they are
     failed = wait_for(lambda: ledger(node.database_url, select(Job.id, Job.error).where(Job.state == "failed")),
                       120, "the corrupt study's job to fail", node)
     assert len(failed) == 1 and failed[0].error
