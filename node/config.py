@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from node.errors import ConfigError
@@ -181,9 +181,47 @@ class ReportSection(_Section):
     validate_with_dicom3tools: bool = True
 
 
+class RetentionSection(_Section):
+    """When received instances and local SR copies are removed (ledger rows are always kept)."""
+
+    #: remove a study's received instances this many days after its last instance (unset: keep)
+    instances_after_days: float | None = Field(default=None, gt=0)
+    #: remove a study's received instances as soon as its SR reached every destination
+    instances_after_delivery: bool = False
+    #: remove local SR copies this many days after they were written (unset: keep)
+    sr_copies_after_days: float | None = Field(default=None, gt=0)
+    #: above this disk usage, remove the oldest delivered studies ...
+    emergency_used_percent: float = Field(default=95.0, gt=0, le=100)
+    #: ... until usage is back below this
+    emergency_target_percent: float = Field(default=90.0, gt=0, le=100)
+    interval_seconds: float = Field(default=300.0, gt=0)
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+
+
+# --- [api] (admin HTTP API, dashboard, /metrics; node/api.py) ---
+class ApiSection(_Section):
+    """The admin HTTP API, the dashboard and Prometheus ``/metrics``.
+
+    Loopback by default. Requests from other addresses need ``Authorization:
+    Bearer <token>`` with one of ``tokens`` (SecretStr: never shown in a repr or log).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: bearer tokens accepted from non-loopback clients; none = loopback clients only
+    tokens: tuple[SecretStr, ...] = ()
+    #: treat loopback clients as authorized without a token (turn off behind a local reverse proxy)
+    trust_loopback: bool = True
+    #: /metrics needs a token from non-loopback clients too (Prometheus: authorization.credentials)
+    metrics_require_token: bool = True
+    #: dashboard auto-refresh period in seconds (0 = off; ?refresh=N overrides per page)
+    dashboard_refresh_seconds: int = Field(default=10, ge=0, le=3600)
+# --- end [api] ---
 
 
 class Settings(BaseSettings):
@@ -207,7 +245,9 @@ class Settings(BaseSettings):
     worker: WorkerSection = WorkerSection()
     delivery: DeliverySection = DeliverySection()
     report: ReportSection = ReportSection()
+    retention: RetentionSection = RetentionSection()
     logging: LoggingSection = LoggingSection()
+    api: ApiSection = ApiSection()  # [api]: node/api.py
 
     @classmethod
     def settings_customise_sources(

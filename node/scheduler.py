@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from node.deliver import DeliveryContext, deliver_due
 from node.errors import NodeError
 from node.jobs import reap_expired
+from node.retention import RetentionContext, run_retention
 from node.settle import SettleContext, settle_once
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ def _guarded(name: str, work: Callable[[], Any]) -> Callable[[], None]:
 
 
 def build_scheduler(*, settle: SettleContext | None, delivery: DeliveryContext | None,
-                    factory: sessionmaker[Session], actor: str, reap_interval: float) -> BackgroundScheduler:
-    """The node's timers: settle and delivery when given, and always the lease reaper."""
+                    retention: RetentionContext | None, factory: sessionmaker[Session], actor: str,
+                    reap_interval: float) -> BackgroundScheduler:
+    """The node's timers: settle, delivery and retention when given, and always the lease reaper."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
                                                                   "misfire_grace_time": 30})
     if settle is not None:
@@ -47,6 +49,10 @@ def build_scheduler(*, settle: SettleContext | None, delivery: DeliveryContext |
     if delivery is not None:
         scheduler.add_job(_guarded("deliver", lambda: deliver_due(delivery)), "interval",
                           seconds=delivery.settings.delivery.interval_seconds, id="deliver")
+
+    if retention is not None:
+        scheduler.add_job(_guarded("retention", lambda: run_retention(retention)), "interval",
+                          seconds=retention.settings.retention.interval_seconds, id="retention")
 
     def reap() -> None:
         with factory() as session, session.begin():

@@ -16,7 +16,11 @@ import multiprocessing
 import os
 import signal
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 import pydicom.config
 
@@ -26,6 +30,7 @@ from node.deliver import DeliveryContext
 from node.index import Indexer, receiver_identity
 from node.logs import configure_logging
 from node.modelinfo import model_identity, model_path
+from node.retention import RetentionContext
 from node.receive import ReceiveContext, build_server, build_ssl_context, drain
 from node.scheduler import build_scheduler
 from node.settle import SettleContext
@@ -73,6 +78,17 @@ def _receiver_process(settings: Settings) -> None:
     run_receiver(settings, stop)
 
 
+def _poke(scheduler: BackgroundScheduler, job_id: str) -> Callable[[], None]:
+    """Run one of the scheduler's interval jobs now instead of at its next tick."""
+
+    def poke() -> None:
+        job = scheduler.get_job(job_id)
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    return poke
+
+
 def serve(settings: Settings) -> int:
     """The ``serve`` command: check the schema, sweep leftovers, run the roles until signalled."""
     roles = set(settings.node.roles)
@@ -90,19 +106,24 @@ def serve(settings: Settings) -> int:
     scheduler = None
     worker_thread = None
     worker_ctx = None
+    wake_worker = threading.Event()
     if roles & {"scheduler", "worker"}:
         model = model_identity(model_path(settings.model.path))
         if "scheduler" in roles:
             settle = SettleContext(settings=settings, factory=factory, storage_root=store.root, model=model,
-                                   actor=actor)
+                                   actor=actor, on_job_created=wake_worker.set)
             delivery = DeliveryContext(settings=settings, factory=factory, storage_root=store.root, actor=actor)
-            scheduler = build_scheduler(settle=settle, delivery=delivery, factory=factory, actor=actor,
-                                        reap_interval=max(1.0, settings.worker.lease_seconds / 4))
+            retention = RetentionContext(settings=settings, factory=factory, store=store, actor=actor)
+            scheduler = build_scheduler(settle=settle, delivery=delivery, retention=retention, factory=factory,
+                                        actor=actor, reap_interval=max(1.0, settings.worker.lease_seconds / 4))
             scheduler.start()
         if "worker" in roles:
             from node.worker import build_context, run_worker
 
             worker_ctx = build_context(settings, factory, store, model)
+            worker_ctx.wake = wake_worker
+            if scheduler is not None:
+                worker_ctx.on_succeeded = _poke(scheduler, "deliver")
             worker_thread = threading.Thread(target=run_worker, args=(worker_ctx,), name="worker", daemon=True)
             worker_thread.start()
 

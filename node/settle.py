@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,6 +50,8 @@ class SettleContext:
     storage_root: Path
     model: ModelIdentity
     actor: str
+    #: called after a job was created (serve uses it to wake its worker at once)
+    on_job_created: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ def settle_once(ctx: SettleContext, now: datetime | None = None) -> list[int]:
             continue
         if job_id is not None:
             created.append(job_id)
+    if created and ctx.on_job_created is not None:
+        ctx.on_job_created()
     return created
 
 
@@ -185,7 +190,7 @@ def _insert_job(session: Session, ctx: SettleContext, study_uid: str, manifest: 
         model_name=ctx.model.name, model_version=ctx.model.version, weights_sha256=ctx.model.weights_sha256,
         settle_signal=signal, supersedes_job_id=previous, attempts=0,
         max_attempts=ctx.settings.worker.max_attempts, last_instance_at=arrivals.last_instance_at,
-        created_at=now,
+        created_at=utcnow(),  # after grouping: queue time is time spent waiting for a worker
     ).on_conflict_do_nothing(
         index_elements=[Job.study_instance_uid, Job.input_fingerprint, Job.model_version, Job.weights_sha256]
     ).returning(Job.id)

@@ -20,11 +20,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +37,7 @@ from node.findings import FindingCode, finding_codes
 from node.jobs import JobState, StaleJobState, claim_next, renew_lease, transition
 from node.manifest import Manifest
 from node.modelinfo import ModelIdentity
-from node.schema import Job, Result
+from node.schema import Instance, Job, Result
 from node.sop_classes import SR_DOCUMENT_SOP_CLASS
 from node.store import InstanceStore
 from node.volume import load_view
@@ -60,6 +62,10 @@ class WorkerContext:
     generator: ReportGenerator
     codes: dict[str, FindingCode]
     stop: threading.Event = field(default_factory=threading.Event)
+    #: set by settle in the same process so a new job starts without waiting for the next poll
+    wake: threading.Event = field(default_factory=threading.Event)
+    #: called after a job succeeded (serve uses it to run the delivery timer at once)
+    on_succeeded: Callable[[], None] | None = None
 
 
 def load_generator(settings: Settings, model: ModelIdentity) -> ReportGenerator:
@@ -80,6 +86,8 @@ def load_generator(settings: Settings, model: ModelIdentity) -> ReportGenerator:
 
 def build_context(settings: Settings, factory: sessionmaker[Session], store: InstanceStore,
                   model: ModelIdentity) -> WorkerContext:
+    import node.sr  # noqa: F401  (highdicom's import takes a second: pay it at start, not in the first job)
+
     return WorkerContext(settings=settings, factory=factory, store=store, model=model,
                          name=worker_name(settings.worker.name), generator=load_generator(settings, model),
                          codes=finding_codes(model.path))
@@ -90,7 +98,8 @@ def run_worker(ctx: WorkerContext) -> None:
     log.info("worker.started", extra={"worker": ctx.name})
     while not ctx.stop.is_set():
         if not run_one(ctx):
-            ctx.stop.wait(ctx.settings.worker.poll_seconds)
+            ctx.wake.wait(ctx.settings.worker.poll_seconds)
+            ctx.wake.clear()
     log.info("worker.stopped", extra={"worker": ctx.name})
 
 
@@ -116,6 +125,8 @@ def run_one(ctx: WorkerContext) -> bool:
                        worker=ctx.name, values=outcome.timings)
             schedule_first_attempts(session, job_id, ctx.settings.delivery.destinations)
         log.info("worker.succeeded", extra={"job": job_id, **outcome.timings})
+        if ctx.on_succeeded is not None:
+            ctx.on_succeeded()
     except StaleJobState as exc:
         log.warning("worker.lost_job", extra={"job": job_id, "error": str(exc)})
     except NodeError as exc:
@@ -171,8 +182,7 @@ def _process(ctx: WorkerContext, job_id: int, attempt: int, manifest: Manifest,
                           coding_scheme=code.coding_scheme, code_meaning=code.code_meaning,
                           probability=float(probability), present=probability >= 0.5)
              for key, probability in output.findings.items() if (code := ctx.codes.get(key)) is not None]
-    evidence_paths = sorted({ref.path for view in manifest.views for ref in view.slices})
-    evidence = [dcmread(ctx.store.root / path, stop_before_pixels=True) for path in evidence_paths]
+    evidence = _evidence(ctx, manifest)
     series_uid, sop_uid = sr_uids(ctx.settings.node.uid_prefix, job_id, attempt)
     replaces = _replaced_document(ctx, supersedes)
     dataset = build_report_sr(
@@ -205,6 +215,31 @@ def _process(ctx: WorkerContext, job_id: int, attempt: int, manifest: Manifest,
     return _Outcome(result=result, timings={
         "load_seconds": round(loaded - started, 3), "infer_seconds": round(inferred - loaded, 3),
         "report_seconds": round(reported - inferred, 3)})
+
+
+def _evidence(ctx: WorkerContext, manifest: Manifest) -> list[Dataset]:
+    """Every source instance used, as the SR builder wants them.
+
+    Only the first is read from disk (patient and study modules are copied from
+    it); the others need just their UIDs, which the ledger has — reading 300
+    headers again would cost more than the whole SR.
+    """
+    refs = {ref.sop_instance_uid: (view.series_instance_uid, ref.path)
+            for view in manifest.views for ref in view.slices}
+    with ctx.factory() as session:
+        classes = dict(session.execute(select(Instance.sop_instance_uid, Instance.sop_class_uid)
+                                       .where(Instance.study_instance_uid == manifest.study_instance_uid)).all())
+    ordered = sorted(refs)
+    first = dcmread(ctx.store.root / refs[ordered[0]][1], stop_before_pixels=True)
+    evidence = [first]
+    for sop in ordered[1:]:
+        item = Dataset()
+        item.StudyInstanceUID = manifest.study_instance_uid
+        item.SeriesInstanceUID = refs[sop][0]
+        item.SOPClassUID = classes.get(sop, first.SOPClassUID)
+        item.SOPInstanceUID = sop
+        evidence.append(item)
+    return evidence
 
 
 def split_report(text: str) -> tuple[str, str]:
