@@ -166,12 +166,33 @@ def test_study_to_validated_sr_at_the_pacs(node_factory: Callable[..., NodeProce
     [turnaround] = ledger(node.database_url, text("SELECT last_image_to_sr_seconds FROM v_turnaround"))
     assert 0 < turnaround[0] < 120
     assert ledger(node.database_url, text("SELECT * FROM v_failures")) == []
+    _run_documented_queries(node.database_url)
 
     # re-sending the same study creates no second job
     send(node, files)
     time.sleep(3)
     assert len(cli(node, "jobs", "list")) == 1
     assert node.stop() == 0
+
+
+def _run_documented_queries(url: str) -> None:
+    """Every SQL block of docs/admin-sql.md that fits this database runs without error."""
+    import re
+
+    blocks = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "admin-sql.md").read_text(), flags=re.S)
+    postgres_only = ("now()", "interval", "percentile_cont", "date_trunc")
+    sqlite_only = ("datetime(", "date(last")
+    ran = 0
+    for sql in blocks:
+        if "'1.2.3...'" in sql:
+            sql = sql.replace("'1.2.3...'", "'none'")
+        if url.startswith("sqlite") and any(k in sql for k in postgres_only):
+            continue
+        if url.startswith("postgresql") and any(k in sql for k in sqlite_only):
+            continue
+        ledger(url, text(sql))
+        ran += 1
+    assert ran >= 5
 
 
 def test_destination_down_then_up_gets_the_sr(node_factory: Callable[..., NodeProcess], tiny_model: Path,
