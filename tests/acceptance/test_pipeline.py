@@ -1,135 +1,37 @@
 """From study to SR in the PACS, with real peers: dcmtk storescu -> node -> dcmtk storescp.
 
 The node runs as subprocesses (``serve`` and ``worker``) against SQLite and
-PostgreSQL. A tiny random model keeps the worker mechanics fast; the content of
-the report is checked with the bundled demo weights in test_demo.py.
+PostgreSQL. A tiny random model keeps the worker mechanics fast; the report's
+content is checked with the bundled demo weights in tests/model.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 
-from models.phantom import PhantomSpec, generate_study, write_study
 from node.manifest import Manifest
 from node.schema import Delivery, Job, JobEvent, Result
 from node.srcheck import validate_sr
-from tests.support import dcmtk
-from tests.support.models import save_tiny_model
-from tests.support.node import REPO, NodeProcess, free_port
+from tests.support.node import REPO, NodeProcess
+from tests.support.pipeline import (
+    StoreScp,
+    cli,
+    ledger,
+    phantom,
+    pipeline_node,
+    send,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
-
-FAST = {
-    "settle": {"after_release_seconds": 1.0, "interval_seconds": 0.3, "quiet_seconds": 30.0},
-    "worker": {"poll_seconds": 0.3, "lease_seconds": 4.0},
-    "delivery": {"interval_seconds": 0.3, "backoff_seconds": 0.5, "max_backoff_seconds": 2.0,
-                 "timeout_seconds": 5.0},
-}
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
-class StoreScp:
-    """dcmtk storescp as the PACS that receives our SRs."""
-
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> StoreScp:
-        self.proc = subprocess.Popen([dcmtk.tool("storescp"), "-aet", "PACS", "-od", str(self.directory),
-                                      str(self.port)], env=dcmtk.env(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        return self
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.directory.iterdir() if p.is_file())
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[StoreScp]:
-    scp = StoreScp(tmp_path / "pacs").start()
-    yield scp
-    scp.stop()
-
-
-def destination(port: int) -> dict[str, Any]:
-    return {"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}]}
-
-
-def pipeline_node(node_factory: Callable[..., NodeProcess], model: Path, dest_port: int,
-                  roles: tuple[str, ...] = ("receiver", "scheduler", "worker"),
-                  extra: dict[str, dict[str, Any]] | None = None) -> NodeProcess:
-    tables: dict[str, dict[str, Any]] = {k: dict(v) for k, v in FAST.items()}
-    tables["model"] = {"path": str(model)}
-    tables["delivery"] = {**tables["delivery"], **destination(dest_port)}
-    for key, values in (extra or {}).items():
-        tables.setdefault(key, {}).update(values)
-    return node_factory(extra=tables, roles=roles)
-
-
-def phantom(tmp_path: Path, seed: int, **spec: Any) -> list[Path]:
-    options: dict[str, Any] = {"modality": "CT", "planes": ("axial",), "phases": ("non_contrast", "arterial"),
-                               "seed": seed, "matrix": 48, "slices": 16}
-    options.update(spec)
-    out = tmp_path / f"phantom-{seed}"
-    write_study(generate_study(PhantomSpec(**options)), out)
-    return sorted(out.rglob("*.dcm"))
-
-
-def send(node: NodeProcess, files: list[Path], *options: str) -> None:
-    result = dcmtk.run("storescu", *options, "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
-                       str(node.port), *map(str, files))
-    assert result.returncode == 0, result.stderr
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, node: NodeProcess | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{node.log()[-4000:]}" if node else ""))
-
-
-def ledger(url: str, stmt: Any) -> list[Any]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(stmt).all())
-    finally:
-        engine.dispose()
-
-
-def cli(node: NodeProcess, *args: str) -> Any:
-    out = subprocess.run([sys.executable, "-m", "node", "--config", str(node.config), *args, "--json"],
-                         capture_output=True, text=True, cwd=node.workdir, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def test_study_to_validated_sr_at_the_pacs(node_factory: Callable[..., NodeProcess], tiny_model: Path,
@@ -214,12 +116,6 @@ def test_destination_down_then_up_gets_the_sr(node_factory: Callable[..., NodePr
     assert failures and all(kind == "delivery" for kind, _ in failures)
 
 
-def _worker(node: NodeProcess, name: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MSVLM_NODE_CONFIG": str(node.config), "PYTHONPATH": str(REPO),
-           "MSVLM_NODE_WORKER__NAME": name}
-    with (node.workdir / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "node", "worker"], cwd=node.workdir, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
 
 
 def test_killed_worker_job_is_finished_by_another(node_factory: Callable[..., NodeProcess], tiny_model: Path,
@@ -227,7 +123,7 @@ def test_killed_worker_job_is_finished_by_another(node_factory: Callable[..., No
     node = pipeline_node(node_factory, tiny_model, pacs.port, roles=("receiver", "scheduler")).start()
     send(node, phantom(tmp_path, seed=13, planes=("axial", "coronal"), matrix=192, slices=64))
     wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "pending")), 60, "a job", node)
-    first = _worker(node, "worker-a")
+    first = start_worker(node, "worker-a")
     try:
         wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "running")), 120,
                  "worker-a to claim the job", node)
@@ -239,7 +135,7 @@ def test_killed_worker_job_is_finished_by_another(node_factory: Callable[..., No
     [(state,)] = ledger(node.database_url, select(Job.state))
     if state == "succeeded":
         pytest.fail("worker-a finished before it could be killed; make the study larger")
-    second = _worker(node, "worker-b")
+    second = start_worker(node, "worker-b")
     try:
         wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "succeeded")), 180,
                  "worker-b to finish the job", node)
@@ -261,7 +157,7 @@ def test_two_workers_run_each_of_ten_jobs_exactly_once(node_factory: Callable[..
         send(node, phantom(tmp_path, seed=seed, phases=("non_contrast",), matrix=32, slices=12,
                            include_localizer=False, include_dose_report=False, include_oblique=False))
     wait_for(lambda: len(ledger(node.database_url, select(Job.id))) == 10, 60, "ten jobs", node)
-    workers = [_worker(node, "worker-1"), _worker(node, "worker-2")]
+    workers = [start_worker(node, "worker-1"), start_worker(node, "worker-2")]
     try:
         wait_for(lambda: ledger(node.database_url, select(func.count()).select_from(Job)
                                 .where(Job.state == "succeeded"))[0][0] == 10, 300, "ten succeeded jobs", node)
