@@ -9,9 +9,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: dcmtk (storescu/storescp/echoscu/dsrdump: real DICOM peers),
 # dicom3tools (dciodvfy: SR validation), postgresql (the suite runs on it too),
-# a Java runtime (METEOR in model evaluation).
+# a Java runtime (METEOR in model evaluation), chromium (dashboard test, headless).
 need=()
-for cmd_pkg in /usr/bin/storescu:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/java:default-jre-headless; do
+for cmd_pkg in /usr/bin/storescu:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/java:default-jre-headless \
+               /usr/bin/chromium:chromium; do
   [ -x "${cmd_pkg%%:*}" ] || need+=("${cmd_pkg##*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

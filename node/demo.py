@@ -84,9 +84,12 @@ def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
                                       evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
     port = _free_port()
+    api_port = _free_port()
     config = root / "node.toml"
     config.write_text(f"""[node]
 port = {port}
+[api]
+port = {api_port}
 [storage]
 path = "{root / 'storage'}"
 min_free_mb = 64
@@ -154,6 +157,8 @@ host = "127.0.0.1"
         print("findings: " + ", ".join(f"{f['display']} {'PRESENT' if f['present'] else 'absent'} "
                                        f"p={f['probability']:.2f}" for f in detail["result"]["findings"]))
         print(f"\ndemo: ledger {root / 'ledger.db'}, log {log_path}")
+        print(f"demo: the node's dashboard was at http://127.0.0.1:{api_port}/jobs/{job_id} while it ran; "
+              f"re-run with `msvlm-node --config {config} serve` to browse it")
         return 0
     finally:
         node.send_signal(signal.SIGTERM)

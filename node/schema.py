@@ -175,6 +175,8 @@ class Instance(Base):
     association_id: Mapped[int | None] = mapped_column(
         ForeignKey("associations.id", ondelete="SET NULL"), index=True
     )
+    #: when retention removed the file (the row stays: the ledger is kept)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_instances_study_received", "study_instance_uid", "received_at"),
@@ -259,6 +261,23 @@ class Result(Base):
     sr_path: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     superseded_by_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    #: when retention removed the local SR copy
+    sr_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RetentionEvent(Base):
+    """One retention action: which study's files went, why, and how much space came back."""
+
+    __tablename__ = "retention_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    #: age, delivered, emergency, sr_age
+    reason: Mapped[str] = mapped_column(String(16))
+    files_removed: Mapped[int] = mapped_column(Integer)
+    bytes_freed: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(128))
 
 
 class Delivery(Base):
@@ -283,3 +302,27 @@ class Delivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_deliveries_state_not_before", "state", "not_before"),)
+
+
+# --- audit (admin HTTP API; node/audit.py, migration 0004) ---
+class AuditEntry(Base):
+    """Who read patient data or changed state through the admin API, what, when, with what outcome.
+
+    A state change's entry commits in the same transaction as the change, so the
+    ledger never shows a retried job without the request that retried it.
+    """
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: "loopback" or "token:<8 hex of the token's SHA-256>"; never the token itself
+    actor: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    #: path and query string as requested
+    path: Mapped[str] = mapped_column(String(512))
+    status: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_audit_at", "at"),)
+# --- end audit ---

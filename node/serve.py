@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +107,7 @@ def serve(settings: Settings) -> int:
     scheduler = None
     worker_thread = None
     worker_ctx = None
+    model_load_seconds = 0.0
     wake_worker = threading.Event()
     if roles & {"scheduler", "worker"}:
         model = model_identity(model_path(settings.model.path))
@@ -120,12 +122,26 @@ def serve(settings: Settings) -> int:
         if "worker" in roles:
             from node.worker import build_context, run_worker
 
+            load_started = time.perf_counter()
             worker_ctx = build_context(settings, factory, store, model)
+            model_load_seconds = time.perf_counter() - load_started
             worker_ctx.wake = wake_worker
             if scheduler is not None:
                 worker_ctx.on_succeeded = _poke(scheduler, "deliver")
             worker_thread = threading.Thread(target=run_worker, args=(worker_ctx,), name="worker", daemon=True)
             worker_thread.start()
+
+    api_thread = None
+    if settings.api.enabled:
+        from node.api import run_api
+        from node.metrics import cuda_process_stats
+
+        ready = worker_ctx is not None
+        api_thread = threading.Thread(
+            target=run_api, args=(settings, factory, stop), name="api",
+            kwargs={"model_ready": (lambda: ready) if worker_ctx is not None else None,
+                    "process_stats": cuda_process_stats(model_load_seconds) if worker_ctx is not None else None})
+        api_thread.start()
 
     children: list[multiprocessing.process.BaseProcess] = []
     receiver_thread = None
@@ -156,6 +172,8 @@ def serve(settings: Settings) -> int:
         worker_thread.join(timeout=settings.node.drain_seconds)
     if scheduler is not None:
         scheduler.shutdown(wait=True)
+    if api_thread is not None:
+        api_thread.join(timeout=10)
     for child in children:
         child.join(timeout=settings.node.drain_seconds + 10)
     engine.dispose()

@@ -70,6 +70,16 @@ def test_study_to_validated_sr_at_the_pacs(node_factory: Callable[..., NodeProce
     assert ledger(node.database_url, text("SELECT * FROM v_failures")) == []
     _run_documented_queries(node.database_url)
 
+    # the node's own HTTP surface: ready, and its metrics saw the study flow
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.api_port}/readyz", timeout=10) as reply:
+        assert reply.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.api_port}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert 'msvlm_jobs{state="succeeded"} 1.0' in metrics
+    assert f"msvlm_instances_received_total {float(len(files))}" in metrics
+
     # re-sending the same study creates no second job
     send(node, files)
     time.sleep(3)

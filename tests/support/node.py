@@ -54,6 +54,7 @@ class NodeProcess:
                  roles: tuple[str, ...] = ("receiver",)) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.api_port = free_port()
         self.ae_title = ae_title
         self.storage = workdir / "storage"
         self.database_url = database_url
@@ -63,6 +64,7 @@ class NodeProcess:
             "storage": {"path": str(self.storage), "min_free_mb": 16},
             "database": {"url": database_url},
             "logging": {"level": "DEBUG"},
+            "api": {"port": self.api_port},
         }
         for table, values in (extra or {}).items():
             tables.setdefault(table, {}).update(values)
