@@ -42,7 +42,7 @@ def run(workers: int, studies: list[list[Path]], model: Path, url: str | None, w
         "database": {"url": db_url},
         "settle": {"after_release_seconds": 0.5, "interval_seconds": 0.3},
         "worker": {"poll_seconds": 0.2},
-        "model": {"path": str(model)},
+        "model": {"path": str(model), "cpu_threads": max(1, (os.cpu_count() or 1) // workers)},
         "logging": {"level": "WARNING"},
     }, [{"ae_title": "STORESCU", "host": "127.0.0.1"}])
     env = {**os.environ, "PYTHONPATH": str(REPO), "MSVLM_NODE_CONFIG": str(config)}

@@ -134,6 +134,9 @@ class ModelSection(_Section):
     device: str = "auto"
     max_new_tokens: int = Field(default=256, ge=1)
     num_beams: int = Field(default=1, ge=1)
+    #: torch threads on CPU; 0 = torch's default (every core). With several workers
+    #: on one machine, give each cores / workers so they do not fight over the cores
+    cpu_threads: int = Field(default=0, ge=0)
 
 
 class WorkerSection(_Section):

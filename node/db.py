@@ -9,6 +9,7 @@ and tells the admin to run ``msvlm-node db upgrade``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,8 @@ from node.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+#: shipped as the ``migrations`` package, so a non-editable install can upgrade too
+MIGRATIONS_DIR = Path(importlib.util.find_spec("migrations").origin or "").parent  # type: ignore[union-attr]
 
 
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:

@@ -77,6 +77,8 @@ def load_generator(settings: Settings, model: ModelIdentity) -> ReportGenerator:
     device = settings.model.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and settings.model.cpu_threads:
+        torch.set_num_threads(settings.model.cpu_threads)
     started = time.perf_counter()
     generator = ReportGenerator.from_pretrained(model.path, device=device)
     log.info("worker.model_loaded", extra={"model": model.name, "version": model.version, "device": device,
