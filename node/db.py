@@ -29,8 +29,15 @@ from node.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
-#: shipped as the ``migrations`` package, so a non-editable install can upgrade too
-MIGRATIONS_DIR = Path(importlib.util.find_spec("migrations").origin or "").parent  # type: ignore[union-attr]
+def _migrations_dir() -> Path:
+    """The ``migrations`` package (shipped so installed copies can upgrade), else the checkout's."""
+    spec = importlib.util.find_spec("migrations")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:

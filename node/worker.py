@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -244,18 +245,37 @@ def _evidence(ctx: WorkerContext, manifest: Manifest) -> list[Dataset]:
     return evidence
 
 
+_HEADING = re.compile(r"\b(findings|impression)\s*:\s*", re.IGNORECASE)
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
+_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
+_ACRONYMS = re.compile(r"\b(ct|mr|mri|dwi|adc|t1|t2|flair|cm|mm)\b", re.IGNORECASE)
+_UPPER = {"ct", "mr", "mri", "dwi", "adc", "t1", "t2", "flair"}
+
+
+def tidy_sentences(text: str) -> str:
+    """Report prose as a radiologist writes it: no space before punctuation, sentence case.
+
+    Word-level tokenizers decode "no pleural effusion ." in lower case; the SR
+    is read by people.
+    """
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
+    text = _ACRONYMS.sub(lambda m: m.group(1).upper() if m.group(1).lower() in _UPPER else m.group(1).lower(),
+                         text)
+    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
+
+
 def split_report(text: str) -> tuple[str, str]:
-    """Split generated text into (findings, impression) at an "Impression:" heading."""
-    cleaned = text.strip()
-    lowered = cleaned.lower()
-    marker = lowered.find("impression:")
-    if marker < 0:
-        return cleaned or "No findings text was generated.", "See findings."
-    findings = cleaned[:marker].strip()
-    if findings.lower().startswith("findings:"):
-        findings = findings[len("findings:"):].strip()
-    impression = cleaned[marker + len("impression:"):].strip()
-    return findings or "No findings text was generated.", impression or "See findings."
+    """Split generated text into (findings, impression) at its "Findings:"/"Impression:" headings."""
+    sections = {"findings": "", "impression": ""}
+    current = "findings"
+    position = 0
+    for match in _HEADING.finditer(text):
+        sections[current] += text[position:match.start()]
+        current, position = match.group(1).lower(), match.end()
+    sections[current] += text[position:]
+    findings = tidy_sentences(sections["findings"]) or "No findings text was generated."
+    impression = tidy_sentences(sections["impression"]) or "See findings."
+    return findings, impression
 
 
 def device_uid(settings: Settings) -> str:
