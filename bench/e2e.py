@@ -53,53 +53,100 @@ def main() -> int:
     for uid in ("1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.33"):
         destination.add_supported_context(uid)
     dest_port = free_port()
-    server = destination.start_server(("127.0.0.1", dest_port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server = destination.start_server(
+        ("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
     port = free_port()
     db = work / "ledger.db"
-    config = write_config(work / "node.toml", {
-        "node": {"port": port},
-        "storage": {"path": str(work / "storage"), "min_free_mb": 64},
-        "database": {"url": f"sqlite:///{db}"},
-        "settle": {"after_release_seconds": 0.5, "interval_seconds": 0.2},
-        "worker": {"poll_seconds": 0.1},
-        "delivery": {"interval_seconds": 0.1, "destinations": [
-            {"name": "bench", "ae_title": "BENCHPACS", "host": "127.0.0.1", "port": dest_port}]},
-        "model": {"path": str(args.model)},
-        "logging": {"level": "WARNING"},
-    }, [{"ae_title": "STORESCU", "host": "127.0.0.1"}])
+    config = write_config(
+        work / "node.toml",
+        {
+            "node": {"port": port},
+            "storage": {"path": str(work / "storage"), "min_free_mb": 64},
+            "database": {"url": f"sqlite:///{db}"},
+            "settle": {"after_release_seconds": 0.5, "interval_seconds": 0.2},
+            "worker": {"poll_seconds": 0.1},
+            "delivery": {
+                "interval_seconds": 0.1,
+                "destinations": [
+                    {"name": "bench", "ae_title": "BENCHPACS", "host": "127.0.0.1", "port": dest_port}
+                ],
+            },
+            "model": {"path": str(args.model)},
+            "logging": {"level": "WARNING"},
+        },
+        [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
+    )
     log = (work / "node.log").open("wb")
-    node = subprocess.Popen([sys.executable, "-m", "node", "--config", str(config), "serve"], stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    node = subprocess.Popen(
+        [sys.executable, "-m", "node", "--config", str(config), "serve"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     engine = create_engine(f"sqlite:///{db}")
     try:
         _wait_port(port, node)
-        print(f"model {args.model}; {args.slices}-slice {args.matrix}x{args.matrix} CT studies; "
-              f"{os.cpu_count()} cores, CPU")
-        print(f"{'run':>3} {'queue':>7} {'load':>7} {'model':>7} {'SR':>7} {'deliver':>8} {'total':>7} "
-              f"{'non-model':>9}")
+        print(
+            f"model {args.model}; {args.slices}-slice {args.matrix}x{args.matrix} CT studies; "
+            f"{os.cpu_count()} cores, CPU"
+        )
+        print(
+            f"{'run':>3} {'queue':>7} {'load':>7} {'model':>7} {'SR':>7} {'deliver':>8} {'total':>7} "
+            f"{'non-model':>9}"
+        )
         for run in range(args.runs):
             study = work / f"study{run}"
-            write_study(generate_study(PhantomSpec(
-                modality="CT", planes=("axial",), phases=("non_contrast",), seed=100 + run, matrix=args.matrix,
-                slices=args.slices, include_localizer=False, include_dose_report=False,
-                include_oblique=False)), study)
+            write_study(
+                generate_study(
+                    PhantomSpec(
+                        modality="CT",
+                        planes=("axial",),
+                        phases=("non_contrast",),
+                        seed=100 + run,
+                        matrix=args.matrix,
+                        slices=args.slices,
+                        include_localizer=False,
+                        include_dose_report=False,
+                        include_oblique=False,
+                    )
+                ),
+                study,
+            )
             files = sorted(study.rglob("*.dcm"))
-            sent = subprocess.run(["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1",
-                                   str(port), *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"},
-                                  capture_output=True, text=True)
+            sent = subprocess.run(
+                [
+                    "/usr/bin/storescu",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "MSVLM",
+                    "127.0.0.1",
+                    str(port),
+                    *map(str, files),
+                ],
+                env={**os.environ, "TCP_NODELAY": "1"},
+                capture_output=True,
+                text=True,
+            )
             if sent.returncode != 0:
                 raise RuntimeError(sent.stderr)
             job = _wait_job(engine, run + 1, node)
             with engine.connect() as conn:
-                delivered = conn.execute(select(Delivery.finished_at).where(
-                    Delivery.job_id == job.id, Delivery.state == "succeeded")).scalar_one()
+                delivered = conn.execute(
+                    select(Delivery.finished_at).where(
+                        Delivery.job_id == job.id, Delivery.state == "succeeded"
+                    )
+                ).scalar_one()
             queue = (job.started_at - job.created_at).total_seconds()
             deliver = (delivered - job.finished_at).total_seconds()
             total = (delivered - job.created_at).total_seconds()
             non_model = total - job.infer_seconds
-            print(f"{run:>3} {queue:7.2f} {job.load_seconds:7.2f} {job.infer_seconds:7.2f} "
-                  f"{job.report_seconds:7.2f} {deliver:8.2f} {total:7.2f} {non_model:9.2f}", flush=True)
+            print(
+                f"{run:>3} {queue:7.2f} {job.load_seconds:7.2f} {job.infer_seconds:7.2f} "
+                f"{job.report_seconds:7.2f} {deliver:8.2f} {total:7.2f} {non_model:9.2f}",
+                flush=True,
+            )
         print("(seconds; total = settle -> SR acknowledged by the destination; non-model = total - model)")
     finally:
         node.terminate()
@@ -130,8 +177,9 @@ def _wait_job(engine, count: int, proc: subprocess.Popen[bytes]):  # type: ignor
             jobs = conn.execute(select(Job).order_by(Job.id)).all()
             if len(jobs) >= count and jobs[count - 1].state in ("succeeded", "failed"):
                 job = jobs[count - 1]
-                delivered = conn.execute(select(Delivery.id).where(Delivery.job_id == job.id,
-                                                                   Delivery.state == "succeeded")).first()
+                delivered = conn.execute(
+                    select(Delivery.id).where(Delivery.job_id == job.id, Delivery.state == "succeeded")
+                ).first()
                 if job.state == "failed":
                     raise RuntimeError(f"job failed: {job.error}")
                 if delivered:

@@ -13,6 +13,7 @@ peak RSS, then our ratios. Every dcmtk peer runs with TCP_NODELAY=1 (dcmtk
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -89,10 +90,8 @@ class Sampler(threading.Thread):
         while not self.stop.wait(0.05):
             rss = 0
             for proc in self._tree():
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     rss += proc.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
             self.peak_rss = max(self.peak_rss, rss)
             self.cpu_seconds()
 
@@ -126,8 +125,9 @@ class Receiver:
     def start(self) -> None:
         cmd, env = self.command()
         log = (self.workdir / "receiver.log").open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_port(self.port, self.proc)
         time.sleep(0.5)
 
@@ -154,14 +154,20 @@ class Node(Receiver):
         self.db = workdir / "ledger.db"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        config = write_config(self.workdir / "node.toml", {
-            "node": {"port": self.port, "receivers": self.receivers},
-            "storage": {"path": str(self.workdir / "storage"), "min_free_mb": 64, "fsync": True},
-            "database": {"url": f"sqlite:///{self.db}"},
-            "logging": {"level": "WARNING"},
-        }, [{"ae_title": "STORESCU", "host": "127.0.0.1"}])
-        return [sys.executable, "-m", "node", "--config", str(config), "serve"], \
-            {**os.environ, "PYTHONPATH": str(REPO)}
+        config = write_config(
+            self.workdir / "node.toml",
+            {
+                "node": {"port": self.port, "receivers": self.receivers},
+                "storage": {"path": str(self.workdir / "storage"), "min_free_mb": 64, "fsync": True},
+                "database": {"url": f"sqlite:///{self.db}"},
+                "logging": {"level": "WARNING"},
+            },
+            [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
+        )
+        return [sys.executable, "-m", "node", "--config", str(config), "serve"], {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+        }
 
     def stored(self) -> int:
         import sqlite3
@@ -178,8 +184,16 @@ class StoreScp(Receiver):
         out = self.workdir / "out"
         out.mkdir()
         # bit-preserving writes, one process per association: the tuned dcmtk set-up
-        return ["/usr/bin/storescp", "--fork", "+B", "-aet", self.ae_title, "-od", str(out),
-                str(self.port)], DCMTK_ENV
+        return [
+            "/usr/bin/storescp",
+            "--fork",
+            "+B",
+            "-aet",
+            self.ae_title,
+            "-od",
+            str(out),
+            str(self.port),
+        ], DCMTK_ENV
 
     def stored(self) -> int:
         return sum(1 for _ in (self.workdir / "out").rglob("*") if _.is_file())
@@ -195,12 +209,21 @@ class Orthanc(Receiver):
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         config = {
-            "Name": "bench", "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "index"), "DicomAet": self.ae_title,
-            "DicomPort": self.port, "HttpPort": self.http, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True, "SyncStorageArea": True, "StorageCompression": False,
-            "DicomThreadsCount": 4, "Plugins": [], "LogExportedResources": False,
+            "Name": "bench",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "DicomAet": self.ae_title,
+            "DicomPort": self.port,
+            "HttpPort": self.http,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "SyncStorageArea": True,
+            "StorageCompression": False,
+            "DicomThreadsCount": 4,
+            "Plugins": [],
+            "LogExportedResources": False,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config))
@@ -213,10 +236,24 @@ class Orthanc(Receiver):
 
 def send(receiver: Receiver, chunks: list[list[Path]]) -> float:
     start = time.perf_counter()
-    senders = [subprocess.Popen(["/usr/bin/storescu", "-aet", "STORESCU", "-aec", receiver.ae_title,
-                                 "127.0.0.1", str(receiver.port), *map(str, chunk)], env=DCMTK_ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-               for chunk in chunks]
+    senders = [
+        subprocess.Popen(
+            [
+                "/usr/bin/storescu",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                receiver.ae_title,
+                "127.0.0.1",
+                str(receiver.port),
+                *map(str, chunk),
+            ],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for chunk in chunks
+    ]
     for sender in senders:
         _, err = sender.communicate()
         if sender.returncode != 0:
@@ -226,8 +263,11 @@ def send(receiver: Receiver, chunks: list[list[Path]]) -> float:
 
 def run_one(kind: str, files: list[Path], associations: int, receivers: int, scratch: Path) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix=f"ingest-{kind}-", dir=scratch))
-    receiver: Receiver = {"node": lambda: Node(workdir, receivers), "storescp": lambda: StoreScp(workdir),
-                          "orthanc": lambda: Orthanc(workdir)}[kind]()
+    receiver: Receiver = {
+        "node": lambda: Node(workdir, receivers),
+        "storescp": lambda: StoreScp(workdir),
+        "orthanc": lambda: Orthanc(workdir),
+    }[kind]()
     receiver.start()
     assert receiver.proc is not None
     sampler = Sampler(receiver.proc.pid)
@@ -261,23 +301,34 @@ def main() -> int:
         write_ct_series(data, args.count, rows=args.rows, seed=7)
     files = sorted(data.rglob("*.dcm"))
     receivers = args.receivers or os.cpu_count() or 1
-    print(f"{len(files)} CT instances {args.rows}x{args.rows}, {sum(f.stat().st_size for f in files) / 1e6:.0f} MB;"
-          f" {os.cpu_count()} cores; node receivers={receivers}; fsync on for node and Orthanc")
+    total_mb = sum(f.stat().st_size for f in files) / 1e6
+    print(
+        f"{len(files)} CT instances {args.rows}x{args.rows}, {total_mb:.0f} MB;"
+        f" {os.cpu_count()} cores; node receivers={receivers}; fsync on for node and Orthanc"
+    )
     results: list[Result] = []
     for associations in args.associations:
         for kind in args.targets:
             result = run_one(kind, files, associations, receivers, args.scratch)
             results.append(result)
-            print(f"  {result.receiver:<15} assoc={associations}  {result.images_per_second:7.1f} img/s "
-                  f"{result.megabytes / result.seconds:7.1f} MB/s  cpu={result.cpu_seconds:6.1f} core-s "
-                  f"({result.cpu_share:4.0%} of machine)  peak RSS={result.peak_rss_mb:6.0f} MB", flush=True)
+            print(
+                f"  {result.receiver:<15} assoc={associations}  {result.images_per_second:7.1f} img/s "
+                f"{result.megabytes / result.seconds:7.1f} MB/s  cpu={result.cpu_seconds:6.1f} core-s "
+                f"({result.cpu_share:4.0%} of machine)  peak RSS={result.peak_rss_mb:6.0f} MB",
+                flush=True,
+            )
     print("\nratios (msvlm-node / reference, images/s):")
     for associations in args.associations:
-        ours = next((r for r in results if r.receiver == "msvlm-node" and r.associations == associations), None)
+        ours = next(
+            (r for r in results if r.receiver == "msvlm-node" and r.associations == associations), None
+        )
         if ours is None:
             continue
         for ref in (r for r in results if r.associations == associations and r.receiver != "msvlm-node"):
-            print(f"  assoc={associations}: vs {ref.receiver:<15} {ours.images_per_second / ref.images_per_second:5.2f}x")
+            print(
+                f"  assoc={associations}: vs {ref.receiver:<15} "
+                f"{ours.images_per_second / ref.images_per_second:5.2f}x"
+            )
     return 0
 
 

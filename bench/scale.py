@@ -32,34 +32,59 @@ from node.schema import Job  # noqa: E402
 from tests.support.node import free_port, write_config  # noqa: E402
 
 
-def run(workers: int, studies: list[list[Path]], model: Path, url: str | None, work: Path) -> tuple[float, float]:
+def run(
+    workers: int, studies: list[list[Path]], model: Path, url: str | None, work: Path
+) -> tuple[float, float]:
     work.mkdir(parents=True)
     port = free_port()
     db_url = url or f"sqlite:///{work / 'ledger.db'}"
-    config = write_config(work / "node.toml", {
-        "node": {"port": port, "roles": ["receiver", "scheduler"]},
-        "storage": {"path": str(work / "storage"), "min_free_mb": 64},
-        "database": {"url": db_url},
-        "settle": {"after_release_seconds": 0.5, "interval_seconds": 0.3},
-        "worker": {"poll_seconds": 0.2},
-        "model": {"path": str(model), "cpu_threads": max(1, (os.cpu_count() or 1) // workers)},
-        "logging": {"level": "WARNING"},
-    }, [{"ae_title": "STORESCU", "host": "127.0.0.1"}])
+    config = write_config(
+        work / "node.toml",
+        {
+            "node": {"port": port, "roles": ["receiver", "scheduler"]},
+            "storage": {"path": str(work / "storage"), "min_free_mb": 64},
+            "database": {"url": db_url},
+            "settle": {"after_release_seconds": 0.5, "interval_seconds": 0.3},
+            "worker": {"poll_seconds": 0.2},
+            "model": {"path": str(model), "cpu_threads": max(1, (os.cpu_count() or 1) // workers)},
+            "logging": {"level": "WARNING"},
+        },
+        [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "MSVLM_NODE_CONFIG": str(config)}
-    node = subprocess.Popen([sys.executable, "-m", "node", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    node = subprocess.Popen(
+        [sys.executable, "-m", "node", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     engine = create_engine(db_url)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         time.sleep(3)
         for files in studies:
-            subprocess.run(["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(port),
-                            *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"}, check=True,
-                           capture_output=True)
+            subprocess.run(
+                [
+                    "/usr/bin/storescu",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "MSVLM",
+                    "127.0.0.1",
+                    str(port),
+                    *map(str, files),
+                ],
+                env={**os.environ, "TCP_NODELAY": "1"},
+                check=True,
+                capture_output=True,
+            )
         _until(lambda: _count(engine, "pending") == len(studies), 300)
-        procs = [subprocess.Popen([sys.executable, "-m", "node", "worker"],
-                                  env={**env, "MSVLM_NODE_WORKER__NAME": f"w{i}"}, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for i in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "node", "worker"],
+                env={**env, "MSVLM_NODE_WORKER__NAME": f"w{i}"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(workers)
+        ]
         cpu_before = psutil.cpu_times()
         _until(lambda: _count(engine, "succeeded") + _count(engine, "failed") == len(studies), 3600)
         cpu_after = psutil.cpu_times()
@@ -115,19 +140,35 @@ def main() -> int:
     studies = []
     for i in range(args.studies):
         out = work / "studies" / f"{i:03d}"
-        write_study(generate_study(PhantomSpec(modality="CT", planes=("axial", "coronal"),
-                                               phases=("non_contrast", "arterial"), seed=500 + i,
-                                               matrix=args.matrix, slices=args.slices)), out)
+        write_study(
+            generate_study(
+                PhantomSpec(
+                    modality="CT",
+                    planes=("axial", "coronal"),
+                    phases=("non_contrast", "arterial"),
+                    seed=500 + i,
+                    matrix=args.matrix,
+                    slices=args.slices,
+                )
+            ),
+            out,
+        )
         studies.append(sorted(out.rglob("*.dcm")))
-    print(f"{args.studies} CT phantom studies (2 planes x 2 phases, {args.matrix}x{args.matrix}x{args.slices}); "
-          f"model {args.model}; {os.cpu_count()} cores; database {args.database_url or 'SQLite'}")
+    print(
+        f"{args.studies} CT phantom studies (2 planes x 2 phases, "
+        f"{args.matrix}x{args.matrix}x{args.slices}); "
+        f"model {args.model}; {os.cpu_count()} cores; database {args.database_url or 'SQLite'}"
+    )
     base = None
     for workers in args.workers:
         if args.database_url:
             raise SystemExit("use a fresh database per worker count: run once per count with --workers N")
         rate, busy = run(workers, studies, args.model, args.database_url, work / f"run-{workers}")
         base = base or rate
-        print(f"  workers={workers}  {rate:6.1f} jobs/min  x{rate / base:4.2f}  CPU busy {busy:4.0%}", flush=True)
+        print(
+            f"  workers={workers}  {rate:6.1f} jobs/min  x{rate / base:4.2f}  CPU busy {busy:4.0%}",
+            flush=True,
+        )
     return 0
 
 

@@ -44,8 +44,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
-def list_jobs(session: Session, *, state: str | None = None, since: datetime | None = None,
-              study: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def list_jobs(
+    session: Session,
+    *,
+    state: str | None = None,
+    since: datetime | None = None,
+    study: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
     stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if state:
         if state not in {s.value for s in JobState}:
@@ -55,12 +61,21 @@ def list_jobs(session: Session, *, state: str | None = None, since: datetime | N
         stmt = stmt.where(Job.created_at >= since)
     if study:
         stmt = stmt.where(Job.study_instance_uid == study)
-    return [{
-        "id": job.id, "state": job.state, "study_instance_uid": job.study_instance_uid,
-        "views": job.view_count, "attempts": job.attempts, "signal": job.settle_signal,
-        "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at), "worker": job.worker,
-        "error": (job.error or "")[:200] or None,
-    } for job in session.scalars(stmt)]
+    return [
+        {
+            "id": job.id,
+            "state": job.state,
+            "study_instance_uid": job.study_instance_uid,
+            "views": job.view_count,
+            "attempts": job.attempts,
+            "signal": job.settle_signal,
+            "created_at": _iso(job.created_at),
+            "finished_at": _iso(job.finished_at),
+            "worker": job.worker,
+            "error": (job.error or "")[:200] or None,
+        }
+        for job in session.scalars(stmt)
+    ]
 
 
 def show_job(session: Session, job_id: int) -> dict[str, Any]:
@@ -68,8 +83,9 @@ def show_job(session: Session, job_id: int) -> dict[str, Any]:
     if job is None:
         raise NotFound(f"no job {job_id}")
     result = session.scalars(select(Result).where(Result.job_id == job_id)).first()
-    deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job_id)
-                                 .order_by(Delivery.destination, Delivery.attempt)).all()
+    deliveries = session.scalars(
+        select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.destination, Delivery.attempt)
+    ).all()
     events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
     settle_seconds = None
     if job.created_at and job.last_instance_at:
@@ -78,27 +94,54 @@ def show_job(session: Session, job_id: int) -> dict[str, Any]:
     if job.started_at:
         queue_seconds = round((job.started_at - job.created_at).total_seconds(), 3)
     return {
-        "id": job.id, "state": job.state, "study_instance_uid": job.study_instance_uid,
-        "attempts": job.attempts, "max_attempts": job.max_attempts, "worker": job.worker,
-        "signal": job.settle_signal, "supersedes_job_id": job.supersedes_job_id,
+        "id": job.id,
+        "state": job.state,
+        "study_instance_uid": job.study_instance_uid,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "worker": job.worker,
+        "signal": job.settle_signal,
+        "supersedes_job_id": job.supersedes_job_id,
         "model": {"name": job.model_name, "version": job.model_version, "weights_sha256": job.weights_sha256},
         "error": job.error,
-        "timings": {"last_instance_at": _iso(job.last_instance_at), "created_at": _iso(job.created_at),
-                    "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
-                    "settle_seconds": settle_seconds, "queue_seconds": queue_seconds,
-                    "load_seconds": job.load_seconds, "infer_seconds": job.infer_seconds,
-                    "report_seconds": job.report_seconds},
+        "timings": {
+            "last_instance_at": _iso(job.last_instance_at),
+            "created_at": _iso(job.created_at),
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+            "settle_seconds": settle_seconds,
+            "queue_seconds": queue_seconds,
+            "load_seconds": job.load_seconds,
+            "infer_seconds": job.infer_seconds,
+            "report_seconds": job.report_seconds,
+        },
         "manifest": json.loads(job.manifest),
-        "result": None if result is None else {
-            "report": result.report_text, "impression": result.impression_text,
-            "findings": json.loads(result.findings), "sr_sop_instance_uid": result.sr_sop_instance_uid,
-            "sr_path": result.sr_path, "superseded_by_job_id": result.superseded_by_job_id},
-        "deliveries": [{"destination": d.destination, "attempt": d.attempt, "state": d.state,
-                        "status": None if d.status_code is None else f"0x{d.status_code:04X}",
-                        "error": d.error, "not_before": _iso(d.not_before), "finished_at": _iso(d.finished_at)}
-                       for d in deliveries],
-        "events": [{"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "actor": e.actor,
-                    "detail": e.detail} for e in events],
+        "result": None
+        if result is None
+        else {
+            "report": result.report_text,
+            "impression": result.impression_text,
+            "findings": json.loads(result.findings),
+            "sr_sop_instance_uid": result.sr_sop_instance_uid,
+            "sr_path": result.sr_path,
+            "superseded_by_job_id": result.superseded_by_job_id,
+        },
+        "deliveries": [
+            {
+                "destination": d.destination,
+                "attempt": d.attempt,
+                "state": d.state,
+                "status": None if d.status_code is None else f"0x{d.status_code:04X}",
+                "error": d.error,
+                "not_before": _iso(d.not_before),
+                "finished_at": _iso(d.finished_at),
+            }
+            for d in deliveries
+        ],
+        "events": [
+            {"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "actor": e.actor, "detail": e.detail}
+            for e in events
+        ],
     }
 
 
@@ -110,29 +153,59 @@ def retry_job(session: Session, job_id: int, *, actor: str) -> None:
     state = JobState(job.state)
     if state in (JobState.PENDING, JobState.RUNNING):
         raise NodeError(f"job {job_id} is {state}; only finished jobs can be retried")
-    transition(session, job_id, expected=[state], to=JobState.PENDING, actor=actor, detail="retry requested",
-               values={"attempts": 0, "error": None, "worker": None, "started_at": None, "finished_at": None})
+    transition(
+        session,
+        job_id,
+        expected=[state],
+        to=JobState.PENDING,
+        actor=actor,
+        detail="retry requested",
+        values={"attempts": 0, "error": None, "worker": None, "started_at": None, "finished_at": None},
+    )
 
 
-def list_studies(session: Session, *, since: datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    counts = (select(Instance.study_instance_uid.label("uid"), func.count().label("instances"),
-                     func.max(Instance.received_at).label("last"))
-              .group_by(Instance.study_instance_uid).subquery())
-    latest_job = (select(Job.study_instance_uid.label("uid"), func.max(Job.id).label("job_id"))
-                  .group_by(Job.study_instance_uid).subquery())
-    stmt = (select(Study, counts.c.instances, counts.c.last, latest_job.c.job_id)
-            .join(counts, counts.c.uid == Study.study_instance_uid)
-            .outerjoin(latest_job, latest_job.c.uid == Study.study_instance_uid)
-            .order_by(counts.c.last.desc()).limit(limit))
+def list_studies(
+    session: Session, *, since: datetime | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    counts = (
+        select(
+            Instance.study_instance_uid.label("uid"),
+            func.count().label("instances"),
+            func.max(Instance.received_at).label("last"),
+        )
+        .group_by(Instance.study_instance_uid)
+        .subquery()
+    )
+    latest_job = (
+        select(Job.study_instance_uid.label("uid"), func.max(Job.id).label("job_id"))
+        .group_by(Job.study_instance_uid)
+        .subquery()
+    )
+    stmt = (
+        select(Study, counts.c.instances, counts.c.last, latest_job.c.job_id)
+        .join(counts, counts.c.uid == Study.study_instance_uid)
+        .outerjoin(latest_job, latest_job.c.uid == Study.study_instance_uid)
+        .order_by(counts.c.last.desc())
+        .limit(limit)
+    )
     if since:
         stmt = stmt.where(counts.c.last >= since)
     rows = []
     for study, instances, last, job_id in session.execute(stmt):
-        job_state = session.execute(select(Job.state).where(Job.id == job_id)).scalar_one() if job_id else None
-        rows.append({"study_instance_uid": study.study_instance_uid, "accession_number": study.accession_number,
-                     "study_date": study.study_date, "instances": instances,
-                     "last_received_at": _iso(last) if isinstance(last, datetime) else str(last),
-                     "latest_job": job_id, "job_state": job_state})
+        job_state = (
+            session.execute(select(Job.state).where(Job.id == job_id)).scalar_one() if job_id else None
+        )
+        rows.append(
+            {
+                "study_instance_uid": study.study_instance_uid,
+                "accession_number": study.accession_number,
+                "study_date": study.study_date,
+                "instances": instances,
+                "last_received_at": _iso(last) if isinstance(last, datetime) else str(last),
+                "latest_job": job_id,
+                "job_state": job_state,
+            }
+        )
     return rows
 
 
@@ -141,18 +214,32 @@ def show_study(session: Session, study_uid: str) -> dict[str, Any]:
     if study is None:
         raise NotFound(f"no study {study_uid}")
     series = session.execute(
-        select(Series, func.count(Instance.id)).outerjoin(Instance, Instance.series_instance_uid ==
-                                                          Series.series_instance_uid)
-        .where(Series.study_instance_uid == study_uid).group_by(Series.series_instance_uid)
-        .order_by(Series.series_number)).all()
+        select(Series, func.count(Instance.id))
+        .outerjoin(Instance, Instance.series_instance_uid == Series.series_instance_uid)
+        .where(Series.study_instance_uid == study_uid)
+        .group_by(Series.series_instance_uid)
+        .order_by(Series.series_number)
+    ).all()
     jobs = list_jobs(session, study=study_uid)
     return {
-        "study_instance_uid": study.study_instance_uid, "patient_id": study.patient_id,
-        "patient_name": study.patient_name, "accession_number": study.accession_number,
-        "study_date": study.study_date, "study_description": study.study_description,
-        "first_received_at": _iso(study.first_received_at), "settled_at": _iso(study.settled_at),
-        "series": [{"series_instance_uid": s.series_instance_uid, "number": s.series_number,
-                    "modality": s.modality, "description": s.series_description, "instances": n,
-                    "own_output": s.own_output} for s, n in series],
+        "study_instance_uid": study.study_instance_uid,
+        "patient_id": study.patient_id,
+        "patient_name": study.patient_name,
+        "accession_number": study.accession_number,
+        "study_date": study.study_date,
+        "study_description": study.study_description,
+        "first_received_at": _iso(study.first_received_at),
+        "settled_at": _iso(study.settled_at),
+        "series": [
+            {
+                "series_instance_uid": s.series_instance_uid,
+                "number": s.series_number,
+                "modality": s.modality,
+                "description": s.series_description,
+                "instances": n,
+                "own_output": s.own_output,
+            }
+            for s, n in series
+        ],
         "jobs": jobs,
     }

@@ -68,8 +68,10 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: what a browser gets instead of JSON (the reason is one of our fixed strings)
-REFUSED_PAGE = ('<!doctype html><title>msvlm-node</title><p>Not signed in ({reason}).</p>'
-                '<p><a href="/login">Sign in with an API token</a></p>')
+REFUSED_PAGE = (
+    "<!doctype html><title>msvlm-node</title><p>Not signed in ({reason}).</p>"
+    '<p><a href="/login">Sign in with an API token</a></p>'
+)
 ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut, "description": "no or invalid token"},
     404: {"model": ErrorOut, "description": "no such job or study"},
@@ -112,27 +114,34 @@ class AuthMiddleware:
             return
         actor, status, reason = self.identify(path, method, Headers(scope=scope), client)
         if actor is None:
-            log.warning("api.refused", extra={"client": client, "method": method, "path": path,
-                                              "status": status, "reason": reason})
+            log.warning(
+                "api.refused",
+                extra={"client": client, "method": method, "path": path, "status": status, "reason": reason},
+            )
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             response: Response = JSONResponse({"detail": reason}, status_code=status, headers=headers)
             if not path.startswith("/api/") and "text/html" in Headers(scope=scope).get("accept", ""):
-                response = HTMLResponse(REFUSED_PAGE.format(reason=reason), status_code=status,
-                                        headers=headers)
+                response = HTMLResponse(
+                    REFUSED_PAGE.format(reason=reason), status_code=status, headers=headers
+                )
             await response(scope, receive, send)
             return
         state["actor"] = actor
         await self.app(scope, receive, send)
 
-    def identify(self, path: str, method: str, headers: Headers, client: str | None
-                 ) -> tuple[str | None, int, str]:
+    def identify(
+        self, path: str, method: str, headers: Headers, client: str | None
+    ) -> tuple[str | None, int, str]:
         """``(actor, 200, "")`` or ``(None, status, why)``; the token itself never leaves here."""
         token = Authenticator.bearer(headers)
         if token is not None:  # a header is meant: a wrong one is refused, never ignored
             actor = self.auth.actor_for_token(token)
             return (actor, 200, "") if actor else (None, 401, "invalid token")
-        cookie = _cookie(headers, TOKEN_COOKIE) if method in SAFE_METHODS and not path.startswith("/api/") \
+        cookie = (
+            _cookie(headers, TOKEN_COOKIE)
+            if method in SAFE_METHODS and not path.startswith("/api/")
             else None
+        )
         if cookie is not None and (actor := self.auth.actor_for_token(cookie)) is not None:
             return actor, 200, ""
         if not (self.api.trust_loopback and is_loopback(client)):
@@ -141,8 +150,11 @@ class AuthMiddleware:
         if host not in self.loopback_hosts:
             return None, 403, "loopback requests must name a loopback host"
         origin = headers.get("origin")
-        if method not in SAFE_METHODS and origin is not None and \
-                origin not in (f"http://{headers.get('host')}", f"https://{headers.get('host')}"):
+        if (
+            method not in SAFE_METHODS
+            and origin is not None
+            and origin not in (f"http://{headers.get('host')}", f"https://{headers.get('host')}")
+        ):
             return None, 403, "cross-origin state change refused"
         return LOOPBACK_ACTOR, 200, ""
 
@@ -164,15 +176,30 @@ def _cookie(headers: Headers, name: str) -> str | None:
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-def create_app(settings: Settings, factory: sessionmaker[Session], *,
-               model_ready: Callable[[], bool] | None = None,
-               process_stats: ProcessStatsProvider | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    *,
+    model_ready: Callable[[], bool] | None = None,
+    process_stats: ProcessStatsProvider | None = None,
+) -> FastAPI:
     """The whole HTTP surface. ``model_ready`` and ``process_stats`` come from a co-located worker."""
     engine = factory.kw["bind"]
-    ctx = ApiContext(settings=settings, factory=factory, engine=engine, head=head_revision(engine),
-                     registry=build_registry(factory, process_stats), model_ready=model_ready)
-    app = FastAPI(title="msvlm-node admin API", version="1", docs_url="/docs", redoc_url=None,
-                  description="Jobs, studies, deliveries and associations from the node's SQL ledger.")
+    ctx = ApiContext(
+        settings=settings,
+        factory=factory,
+        engine=engine,
+        head=head_revision(engine),
+        registry=build_registry(factory, process_stats),
+        model_ready=model_ready,
+    )
+    app = FastAPI(
+        title="msvlm-node admin API",
+        version="1",
+        docs_url="/docs",
+        redoc_url=None,
+        description="Jobs, studies, deliveries and associations from the node's SQL ledger.",
+    )
     app.add_middleware(AuthMiddleware, api=settings.api)
 
     @app.exception_handler(NotFound)
@@ -200,12 +227,22 @@ def create_app(settings: Settings, factory: sessionmaker[Session], *,
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     @app.get("/api/jobs", response_model=list[JobSummary], tags=["jobs"], responses=ERRORS)
-    def jobs(request: Request, state: JobState | None = None, since: str | None = None,
-             study: str | None = None, limit: Limit = 100) -> list[dict[str, object]]:
+    def jobs(
+        request: Request,
+        state: JobState | None = None,
+        since: str | None = None,
+        study: str | None = None,
+        limit: Limit = 100,
+    ) -> list[dict[str, object]]:
         """Jobs, newest first. ``since``: ``24h``, ``30m``, ``7d`` or an ISO date/time."""
         with audited(ctx.factory, requester(request)) as session:
-            return admin.list_jobs(session, state=state.value if state else None, since=parse_since(since),
-                                   study=study, limit=limit)
+            return admin.list_jobs(
+                session,
+                state=state.value if state else None,
+                since=parse_since(since),
+                study=study,
+                limit=limit,
+            )
 
     @app.get("/api/jobs/{job_id}", response_model=JobDetail, tags=["jobs"], responses=ERRORS)
     def job(request: Request, job_id: int) -> dict[str, object]:
@@ -232,8 +269,9 @@ def create_app(settings: Settings, factory: sessionmaker[Session], *,
         with audited(ctx.factory, who) as session:
             previous = cancel_job(session, job_id, actor=actor)
         log.info("api.job_cancelled", extra={"job": job_id, "actor": who.actor, "from_state": previous.value})
-        return JobAction(id=job_id, state=JobState.CANCELLED.value, previous_state=previous.value,
-                         actor=actor)
+        return JobAction(
+            id=job_id, state=JobState.CANCELLED.value, previous_state=previous.value, actor=actor
+        )
 
     @app.get("/api/studies", response_model=list[StudySummary], tags=["studies"], responses=ERRORS)
     def studies(request: Request, since: str | None = None, limit: Limit = 100) -> list[dict[str, object]]:
@@ -248,14 +286,19 @@ def create_app(settings: Settings, factory: sessionmaker[Session], *,
             return admin.show_study(session, study_uid)
 
     @app.get("/api/deliveries", response_model=list[DeliveryOut], tags=["deliveries"], responses=ERRORS)
-    def deliveries(request: Request, state: str | None = None, destination: str | None = None,
-                   limit: Limit = 100) -> list[dict[str, object]]:
+    def deliveries(
+        request: Request, state: str | None = None, destination: str | None = None, limit: Limit = 100
+    ) -> list[dict[str, object]]:
         """Delivery attempts, newest first (state: scheduled, sending, succeeded, failed)."""
         with audited(ctx.factory, requester(request)) as session:
             return list_deliveries(session, state=state, destination=destination, limit=limit)
 
-    @app.get("/api/associations", response_model=list[AssociationOut], tags=["associations"],
-             responses={401: ERRORS[401]})
+    @app.get(
+        "/api/associations",
+        response_model=list[AssociationOut],
+        tags=["associations"],
+        responses={401: ERRORS[401]},
+    )
     def associations(outcome: str | None = None, limit: Limit = 100) -> list[dict[str, object]]:
         """DICOM associations, newest first (outcome: open, released, aborted, rejected). Not audited: no
         patient data."""
@@ -290,18 +333,34 @@ class ApiHandle:
         self.thread.join(timeout=timeout)
 
 
-def _server(settings: Settings, factory: sessionmaker[Session], model_ready: Callable[[], bool] | None,
-            process_stats: ProcessStatsProvider | None) -> uvicorn.Server:
+def _server(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    model_ready: Callable[[], bool] | None,
+    process_stats: ProcessStatsProvider | None,
+) -> uvicorn.Server:
     app = create_app(settings, factory, model_ready=model_ready, process_stats=process_stats)
     # log_config=None: keep the node's logging; access_log off: the audit table is the access record
-    config = uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_config=None,
-                            access_log=False, lifespan="off", server_header=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
     return uvicorn.Server(config)
 
 
-def run_api(settings: Settings, factory: sessionmaker[Session], stop: threading.Event, *,
-            model_ready: Callable[[], bool] | None = None, process_stats: ProcessStatsProvider | None = None
-            ) -> None:
+def run_api(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    stop: threading.Event,
+    *,
+    model_ready: Callable[[], bool] | None = None,
+    process_stats: ProcessStatsProvider | None = None,
+) -> None:
     """Serve the API until ``stop`` is set (for a thread of ``serve``); returns once it is down."""
     server = _server(settings, factory, model_ready, process_stats)
 
@@ -319,9 +378,14 @@ def run_api(settings: Settings, factory: sessionmaker[Session], stop: threading.
     log.info("api.stopped")
 
 
-def start_api(settings: Settings, factory: sessionmaker[Session], *,
-              model_ready: Callable[[], bool] | None = None,
-              process_stats: ProcessStatsProvider | None = None, timeout: float = 10.0) -> ApiHandle:
+def start_api(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    *,
+    model_ready: Callable[[], bool] | None = None,
+    process_stats: ProcessStatsProvider | None = None,
+    timeout: float = 10.0,
+) -> ApiHandle:
     """Start the API in a thread and wait until it listens (``api.port = 0`` picks a free port)."""
     server = _server(settings, factory, model_ready, process_stats)
     thread = threading.Thread(target=server.run, name="api", daemon=True)

@@ -45,37 +45,68 @@ def parse_since(value: str | None) -> datetime | None:
         raise HTTPException(status_code=400, detail=str(exc).replace("--since", "since")) from exc
 
 
-def list_deliveries(session: Session, *, state: str | None = None, destination: str | None = None,
-                    limit: int = 100) -> list[dict[str, Any]]:
+def list_deliveries(
+    session: Session, *, state: str | None = None, destination: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     """Recent delivery attempts, newest first."""
-    stmt = (select(Delivery, Job.study_instance_uid).join(Job, Job.id == Delivery.job_id)
-            .order_by(Delivery.id.desc()).limit(limit))
+    stmt = (
+        select(Delivery, Job.study_instance_uid)
+        .join(Job, Job.id == Delivery.job_id)
+        .order_by(Delivery.id.desc())
+        .limit(limit)
+    )
     if state:
         stmt = stmt.where(Delivery.state == state)
     if destination:
         stmt = stmt.where(Delivery.destination == destination)
-    return [{
-        "id": d.id, "job_id": d.job_id, "study_instance_uid": study, "destination": d.destination,
-        "ae_title": d.ae_title, "host": d.host, "port": d.port, "attempt": d.attempt, "state": d.state,
-        "not_before": _iso(d.not_before), "started_at": _iso(d.started_at),
-        "finished_at": _iso(d.finished_at), "worker": d.worker, "error": d.error,
-        "status": None if d.status_code is None else f"0x{d.status_code:04X}",
-    } for d, study in session.execute(stmt)]
+    return [
+        {
+            "id": d.id,
+            "job_id": d.job_id,
+            "study_instance_uid": study,
+            "destination": d.destination,
+            "ae_title": d.ae_title,
+            "host": d.host,
+            "port": d.port,
+            "attempt": d.attempt,
+            "state": d.state,
+            "not_before": _iso(d.not_before),
+            "started_at": _iso(d.started_at),
+            "finished_at": _iso(d.finished_at),
+            "worker": d.worker,
+            "error": d.error,
+            "status": None if d.status_code is None else f"0x{d.status_code:04X}",
+        }
+        for d, study in session.execute(stmt)
+    ]
 
 
-def list_associations(session: Session, *, outcome: str | None = None,
-                      limit: int = 100) -> list[dict[str, Any]]:
+def list_associations(
+    session: Session, *, outcome: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     """Recent associations, newest first (no patient data: peers and counts only)."""
     stmt = select(Association).order_by(Association.id.desc()).limit(limit)
     if outcome:
         stmt = stmt.where(Association.outcome == outcome)
-    return [{
-        "id": a.id, "calling_ae": a.calling_ae, "called_ae": a.called_ae, "peer_host": a.peer_host,
-        "peer_port": a.peer_port, "tls": a.tls, "receiver": a.receiver, "started_at": _iso(a.started_at),
-        "ended_at": _iso(a.ended_at), "outcome": a.outcome, "rejection_reason": a.rejection_reason,
-        "instances_received": a.instances_received, "instances_failed": a.instances_failed,
-        "bytes_received": a.bytes_received,
-    } for a in session.scalars(stmt)]
+    return [
+        {
+            "id": a.id,
+            "calling_ae": a.calling_ae,
+            "called_ae": a.called_ae,
+            "peer_host": a.peer_host,
+            "peer_port": a.peer_port,
+            "tls": a.tls,
+            "receiver": a.receiver,
+            "started_at": _iso(a.started_at),
+            "ended_at": _iso(a.ended_at),
+            "outcome": a.outcome,
+            "rejection_reason": a.rejection_reason,
+            "instances_received": a.instances_received,
+            "instances_failed": a.instances_failed,
+            "bytes_received": a.bytes_received,
+        }
+        for a in session.scalars(stmt)
+    ]
 
 
 def job_state(session: Session, job_id: int) -> JobState:
@@ -94,8 +125,9 @@ def cancel_job(session: Session, job_id: int, *, actor: str) -> JobState:
     state = job_state(session, job_id)
     if state not in (JobState.PENDING, JobState.RUNNING):
         raise NodeError(f"job {job_id} is {state}; only pending or running jobs can be cancelled")
-    transition(session, job_id, expected=[state], to=JobState.CANCELLED, actor=actor,
-               detail="cancel requested")
+    transition(
+        session, job_id, expected=[state], to=JobState.CANCELLED, actor=actor, detail="cancel requested"
+    )
     return state
 
 
@@ -143,19 +175,24 @@ def check_disk(root: Path, *, min_free_mb: int, max_used_percent: float) -> Chec
     if free_mb < min_free_mb:
         return Check(name="disk", ok=False, detail=f"{free_mb} MB free, below the {min_free_mb} MB watermark")
     if used > max_used_percent:
-        return Check(name="disk", ok=False,
-                     detail=f"{used:.1f}% used, above the {max_used_percent:.1f}% watermark")
+        return Check(
+            name="disk", ok=False, detail=f"{used:.1f}% used, above the {max_used_percent:.1f}% watermark"
+        )
     return Check(name="disk", ok=True, detail=f"{free_mb} MB free, {used:.1f}% used")
 
 
-def readiness(settings: Settings, engine: Engine, head: str,
-              model_ready: Callable[[], bool] | None) -> list[Check]:
+def readiness(
+    settings: Settings, engine: Engine, head: str, model_ready: Callable[[], bool] | None
+) -> list[Check]:
     """Every check ``/readyz`` runs; the model is checked only where this process runs a worker."""
     root = Path(settings.storage.path)
     checks = [check_database(engine, head)]
     if "worker" in settings.node.roles:
         checks.append(check_model(settings, model_ready))
     checks.append(check_storage(root))
-    checks.append(check_disk(root, min_free_mb=settings.storage.min_free_mb,
-                             max_used_percent=settings.storage.max_used_percent))
+    checks.append(
+        check_disk(
+            root, min_free_mb=settings.storage.min_free_mb, max_used_percent=settings.storage.max_used_percent
+        )
+    )
     return checks

@@ -104,15 +104,25 @@ class Requester:
     path: str
 
     def entry(self, status: int) -> AuditEntry:
-        return AuditEntry(at=utcnow(), actor=self.actor[:64], client=(self.client or "")[:64] or None,
-                          method=self.method[:8], path=self.path[:512], status=status)
+        return AuditEntry(
+            at=utcnow(),
+            actor=self.actor[:64],
+            client=(self.client or "")[:64] or None,
+            method=self.method[:8],
+            path=self.path[:512],
+            status=status,
+        )
 
 
 def requester(request: Request) -> Requester:
     """The audit identity of a request (``actor`` and ``client`` were set by node.api's middleware)."""
     query = request.url.query
-    return Requester(actor=request.state.actor, client=request.state.client, method=request.method,
-                     path=request.url.path + (f"?{query}" if query else ""))
+    return Requester(
+        actor=request.state.actor,
+        client=request.state.client,
+        method=request.method,
+        path=request.url.path + (f"?{query}" if query else ""),
+    )
 
 
 @contextmanager
@@ -132,8 +142,15 @@ def audited(factory: sessionmaker[Session], requester: Requester) -> Iterator[Se
             raise
         session.add(requester.entry(200))
         session.commit()
-        log.debug("audit.recorded", extra={"actor": requester.actor, "method": requester.method,
-                                           "path": requester.path, "status": 200})
+        log.debug(
+            "audit.recorded",
+            extra={
+                "actor": requester.actor,
+                "method": requester.method,
+                "path": requester.path,
+                "status": 200,
+            },
+        )
 
 
 def _record_failure(session: Session, requester: Requester, status: int) -> None:
@@ -141,5 +158,7 @@ def _record_failure(session: Session, requester: Requester, status: int) -> None
         with session.begin():
             session.add(requester.entry(status))
     except SQLAlchemyError:
-        log.exception("audit.not_recorded", extra={"actor": requester.actor, "method": requester.method,
-                                                   "status": status})
+        log.exception(
+            "audit.not_recorded",
+            extra={"actor": requester.actor, "method": requester.method, "status": status},
+        )

@@ -85,10 +85,18 @@ def _cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
     from node.admin import list_jobs, parse_since
 
     with _session(settings) as session:
-        rows = list_jobs(session, state=args.state, since=parse_since(args.since) if args.since else None,
-                         study=args.study, limit=args.limit)
-    _print_rows(rows, ["id", "state", "created_at", "views", "attempts", "signal", "study_instance_uid",
-                       "error"], args.json)
+        rows = list_jobs(
+            session,
+            state=args.state,
+            since=parse_since(args.since) if args.since else None,
+            study=args.study,
+            limit=args.limit,
+        )
+    _print_rows(
+        rows,
+        ["id", "state", "created_at", "views", "attempts", "signal", "study_instance_uid", "error"],
+        args.json,
+    )
     return 0
 
 
@@ -100,15 +108,25 @@ def _cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(job, indent=2))
         return 0
-    print(f"job {job['id']}: {job['state']}  (attempts {job['attempts']}/{job['max_attempts']}, "
-          f"worker {job['worker'] or '-'}, settled by {job['signal']})")
+    print(
+        f"job {job['id']}: {job['state']}  (attempts {job['attempts']}/{job['max_attempts']}, "
+        f"worker {job['worker'] or '-'}, settled by {job['signal']})"
+    )
     print(f"study    {job['study_instance_uid']}")
-    print(f"model    {job['model']['name']} {job['model']['version']} ({job['model']['weights_sha256'][:12]})")
+    print(
+        f"model    {job['model']['name']} {job['model']['version']} ({job['model']['weights_sha256'][:12]})"
+    )
     if job["error"]:
         print(f"error    {job['error']}")
     timings = job["timings"]
-    print("timings  " + ", ".join(f"{k.removesuffix('_seconds')} {v:.2f}s" for k, v in timings.items()
-                                  if k.endswith("_seconds") and v is not None))
+    print(
+        "timings  "
+        + ", ".join(
+            f"{k.removesuffix('_seconds')} {v:.2f}s"
+            for k, v in timings.items()
+            if k.endswith("_seconds") and v is not None
+        )
+    )
     print("views:")
     for view in job["manifest"]["views"]:
         print(f"  {view['key']:<26} {view['slice_count']:>4} slices  {view['series_instance_uid']}")
@@ -117,11 +135,18 @@ def _cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
     if job["result"]:
         print("report:\n  " + job["result"]["report"].replace("\n", "\n  "))
         print("impression:\n  " + job["result"]["impression"])
-        print("findings: " + ", ".join(f"{f['display']} {'present' if f['present'] else 'absent'} "
-                                       f"({f['probability']:.2f})" for f in job["result"]["findings"]))
+        print(
+            "findings: "
+            + ", ".join(
+                f"{f['display']} {'present' if f['present'] else 'absent'} ({f['probability']:.2f})"
+                for f in job["result"]["findings"]
+            )
+        )
     for d in job["deliveries"]:
-        print(f"delivery {d['destination']} attempt {d['attempt']}: {d['state']} {d['status'] or ''} "
-              f"{d['error'] or ''}".rstrip())
+        print(
+            f"delivery {d['destination']} attempt {d['attempt']}: {d['state']} {d['status'] or ''} "
+            f"{d['error'] or ''}".rstrip()
+        )
     return 0
 
 
@@ -139,8 +164,18 @@ def _cmd_studies_list(args: argparse.Namespace, settings: Settings) -> int:
 
     with _session(settings) as session:
         rows = list_studies(session, since=parse_since(args.since) if args.since else None, limit=args.limit)
-    _print_rows(rows, ["study_instance_uid", "accession_number", "instances", "last_received_at",
-                       "latest_job", "job_state"], args.json)
+    _print_rows(
+        rows,
+        [
+            "study_instance_uid",
+            "accession_number",
+            "instances",
+            "last_received_at",
+            "latest_job",
+            "job_state",
+        ],
+        args.json,
+    )
     return 0
 
 
@@ -152,10 +187,15 @@ def _cmd_studies_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(study, indent=2))
         return 0
-    print(f"study {study['study_instance_uid']}  accession {study['accession_number'] or '-'}  "
-          f"date {study['study_date'] or '-'}  settled {study['settled_at'] or 'no'}")
-    _print_rows(study["series"], ["number", "modality", "description", "instances", "own_output",
-                                  "series_instance_uid"], False)
+    print(
+        f"study {study['study_instance_uid']}  accession {study['accession_number'] or '-'}  "
+        f"date {study['study_date'] or '-'}  settled {study['settled_at'] or 'no'}"
+    )
+    _print_rows(
+        study["series"],
+        ["number", "modality", "description", "instances", "own_output", "series_instance_uid"],
+        False,
+    )
     print("jobs:")
     _print_rows(study["jobs"], ["id", "state", "created_at", "views", "error"], False)
     return 0
@@ -164,7 +204,9 @@ def _cmd_studies_show(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from node.serve import serve
 
-    return serve(settings.model_copy(update={"node": settings.node.model_copy(update={"roles": ("worker",)})}))
+    return serve(
+        settings.model_copy(update={"node": settings.node.model_copy(update={"roles": ("worker",)})})
+    )
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,21 +230,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help=f"(env {ENV_MIRRORS['database_url']})")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the node: receiver, scheduler (settle, reap, deliver) and a worker")
+    serve = sub.add_parser(
+        "serve", help="run the node: receiver, scheduler (settle, reap, deliver) and a worker"
+    )
     serve.add_argument("--host", help=f"listen address (env {ENV_MIRRORS['host']})")
     serve.add_argument("--port", type=int, help=f"DICOM port (env {ENV_MIRRORS['port']})")
     serve.add_argument("--ae-title", help=f"our AE title (env {ENV_MIRRORS['ae_title']})")
     serve.add_argument("--receivers", type=int, help=f"receiver processes (env {ENV_MIRRORS['receivers']})")
     serve.add_argument("--storage", help=f"storage root (env {ENV_MIRRORS['storage']})")
-    serve.add_argument("--roles", help=f"comma-separated: receiver,scheduler,worker (env {ENV_MIRRORS['roles']})")
+    serve.add_argument(
+        "--roles", help=f"comma-separated: receiver,scheduler,worker (env {ENV_MIRRORS['roles']})"
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply every migration").set_defaults(handler=_cmd_db_upgrade)
     db.add_parser("check", help="fail unless the schema is current").set_defaults(handler=_cmd_db_check)
 
-    sub.add_parser("worker", help="run an inference worker only (claims jobs from the shared database)"
-                   ).set_defaults(handler=_cmd_worker)
+    sub.add_parser(
+        "worker", help="run an inference worker only (claims jobs from the shared database)"
+    ).set_defaults(handler=_cmd_worker)
 
     jobs = sub.add_parser("jobs", help="the job ledger").add_subparsers(dest="jobs_command", required=True)
     jobs_list = jobs.add_parser("list", help="list jobs, newest first")
@@ -220,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_retry.add_argument("job_id", type=int)
     jobs_retry.set_defaults(handler=_cmd_jobs_retry)
 
-    studies = sub.add_parser("studies", help="received studies").add_subparsers(dest="studies_command",
-                                                                               required=True)
+    studies = sub.add_parser("studies", help="received studies").add_subparsers(
+        dest="studies_command", required=True
+    )
     studies_list = studies.add_parser("list", help="list studies, most recent first")
     studies_list.add_argument("--since", help="e.g. 24h, 7d or an ISO date")
     studies_list.add_argument("--limit", type=int, default=100)

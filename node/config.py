@@ -224,6 +224,8 @@ class ApiSection(_Section):
     metrics_require_token: bool = True
     #: dashboard auto-refresh period in seconds (0 = off; ?refresh=N overrides per page)
     dashboard_refresh_seconds: int = Field(default=10, ge=0, le=3600)
+
+
 # --- end [api] ---
 
 

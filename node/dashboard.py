@@ -61,27 +61,47 @@ def _short(uid: str | None, keep: int = 14) -> str:
 
 
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(seconds=_seconds, when=_when, short=_short)
     return env
 
 
-def timeline(last_image: datetime | None, settled: datetime | None, started: datetime | None,
-             finished: datetime | None, delivered: datetime | None) -> list[dict[str, Any]]:
+def timeline(
+    last_image: datetime | None,
+    settled: datetime | None,
+    started: datetime | None,
+    finished: datetime | None,
+    delivered: datetime | None,
+) -> list[dict[str, Any]]:
     """last image -> settled -> started -> finished -> delivered, with the time each step took.
 
     Works on the ledger's datetimes, not the second-rounded strings of show_job,
     so sub-second steps (settle after release, a fast SR) read correctly.
     """
-    steps = [("last image", last_image), ("settled (job created)", settled), ("started", started),
-             ("finished", finished), ("delivered", delivered)]
+    steps = [
+        ("last image", last_image),
+        ("settled (job created)", settled),
+        ("started", started),
+        ("finished", finished),
+        ("delivered", delivered),
+    ]
     rows: list[dict[str, Any]] = []
     previous: datetime | None = None
     for name, moment in steps:
-        rows.append({"name": name, "at": moment.isoformat(timespec="seconds") if moment else None,
-                     "step": (moment - previous).total_seconds() if moment and previous else None,
-                     "total": (moment - last_image).total_seconds() if moment and last_image else None})
+        rows.append(
+            {
+                "name": name,
+                "at": moment.isoformat(timespec="seconds") if moment else None,
+                "step": (moment - previous).total_seconds() if moment and previous else None,
+                "total": (moment - last_image).total_seconds() if moment and last_image else None,
+            }
+        )
         previous = moment or previous
     return rows
 
@@ -97,8 +117,12 @@ def dashboard_router(ctx: ApiContext) -> APIRouter:
         toggle = dict(request.query_params)
         toggle["refresh"] = "0" if refresh else str(default_refresh or 10)
         html = env.get_template(template).render(
-            refresh=refresh, toggle_url=f"{request.url.path}?{urlencode(toggle)}", actor=request.state.actor,
-            states=[s.value for s in JobState], **values)
+            refresh=refresh,
+            toggle_url=f"{request.url.path}?{urlencode(toggle)}",
+            actor=request.state.actor,
+            states=[s.value for s in JobState],
+            **values,
+        )
         return HTMLResponse(html, status_code=status)
 
     @router.get("/", response_class=HTMLResponse)
@@ -108,22 +132,37 @@ def dashboard_router(ctx: ApiContext) -> APIRouter:
         with audited(ctx.factory, requester(request)) as session:
             jobs = admin.list_jobs(session, state=chosen, since=parse_since(since), limit=200)
             accessions = _accessions(session, {j["study_instance_uid"] for j in jobs})
-        return page(request, "jobs.jinja2", jobs=jobs, accessions=accessions, state=chosen or "",
-                    since=since or "")
+        return page(
+            request, "jobs.jinja2", jobs=jobs, accessions=accessions, state=chosen or "", since=since or ""
+        )
 
     @router.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: int) -> HTMLResponse:
         with audited(ctx.factory, requester(request)) as session:
             job = admin.show_job(session, job_id)
             row = session.get(Job, job_id)
-            delivered = session.execute(select(func.min(Delivery.finished_at)).where(
-                Delivery.job_id == job_id, Delivery.state == "succeeded")).scalar_one()
-            steps = timeline(row.last_instance_at, row.created_at, row.started_at, row.finished_at,
-                             delivered) if row else []
+            delivered = session.execute(
+                select(func.min(Delivery.finished_at)).where(
+                    Delivery.job_id == job_id, Delivery.state == "succeeded"
+                )
+            ).scalar_one()
+            steps = (
+                timeline(row.last_instance_at, row.created_at, row.started_at, row.finished_at, delivered)
+                if row
+                else []
+            )
             study = session.get(Study, job["study_instance_uid"])
-            patient = None if study is None else {
-                "name": study.patient_name, "id": study.patient_id, "accession": study.accession_number,
-                "date": study.study_date, "description": study.study_description}
+            patient = (
+                None
+                if study is None
+                else {
+                    "name": study.patient_name,
+                    "id": study.patient_id,
+                    "accession": study.accession_number,
+                    "date": study.study_date,
+                    "description": study.study_description,
+                }
+            )
         return page(request, "job.jinja2", job=job, patient=patient, timeline=steps)
 
     @router.get("/studies", response_class=HTMLResponse)
@@ -149,12 +188,20 @@ def dashboard_router(ctx: ApiContext) -> APIRouter:
         actor = Authenticator(ctx.settings.api.tokens).actor_for_token(token)
         if actor is None:
             log.warning("api.login_failed", extra={"client": request.state.client})
-            return HTMLResponse(env.get_template("login.jinja2").render(error="That token is not valid."),
-                                status_code=401)
+            return HTMLResponse(
+                env.get_template("login.jinja2").render(error="That token is not valid."), status_code=401
+            )
         log.info("api.login", extra={"actor": actor, "client": request.state.client})
         response = RedirectResponse("/jobs", status_code=303)
-        response.set_cookie(TOKEN_COOKIE, token, max_age=COOKIE_MAX_AGE, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", path="/")
+        response.set_cookie(
+            TOKEN_COOKIE,
+            token,
+            max_age=COOKIE_MAX_AGE,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
         return response
 
     @router.get("/logout")
@@ -177,6 +224,7 @@ def _accessions(session: Session, uids: set[str]) -> dict[str, str | None]:
     """Accession numbers for the jobs table (no patient names on list pages)."""
     if not uids:
         return {}
-    rows = session.execute(select(Study.study_instance_uid, Study.accession_number)
-                           .where(Study.study_instance_uid.in_(uids)))
+    rows = session.execute(
+        select(Study.study_instance_uid, Study.accession_number).where(Study.study_instance_uid.in_(uids))
+    )
     return {uid: accession for uid, accession in rows}

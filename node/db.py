@@ -29,6 +29,7 @@ from node.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
+
 def _migrations_dir() -> Path:
     """The ``migrations`` package (shipped so installed copies can upgrade), else the checkout's."""
     spec = importlib.util.find_spec("migrations")

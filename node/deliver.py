@@ -19,7 +19,6 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # noqa: F401  (registers UIDs)
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,12 +40,24 @@ class DeliveryContext:
     ssl_context: ssl.SSLContext | None = None
 
 
-def schedule_first_attempts(session: Session, job_id: int, destinations: tuple[DestinationSection, ...]) -> None:
+def schedule_first_attempts(
+    session: Session, job_id: int, destinations: tuple[DestinationSection, ...]
+) -> None:
     """Queue attempt 1 for every destination, in the caller's transaction (with the result)."""
     now = utcnow()
     for dest in destinations:
-        session.add(Delivery(job_id=job_id, destination=dest.name, ae_title=dest.ae_title, host=dest.host,
-                             port=dest.port, attempt=1, state="scheduled", not_before=now))
+        session.add(
+            Delivery(
+                job_id=job_id,
+                destination=dest.name,
+                ae_title=dest.ae_title,
+                host=dest.host,
+                port=dest.port,
+                attempt=1,
+                state="scheduled",
+                not_before=now,
+            )
+        )
 
 
 def backoff(config: DeliverySection, attempt: int) -> float:
@@ -68,22 +79,27 @@ def deliver_due(ctx: DeliveryContext, limit: int = 20) -> int:
 
 def _claim(ctx: DeliveryContext) -> tuple[Delivery, str] | None:
     with ctx.factory() as session, session.begin():
-        stmt = (select(Delivery.id).where(Delivery.state == "scheduled", Delivery.not_before <= utcnow())
-                .order_by(Delivery.not_before, Delivery.id).limit(1))
+        stmt = (
+            select(Delivery.id)
+            .where(Delivery.state == "scheduled", Delivery.not_before <= utcnow())
+            .order_by(Delivery.not_before, Delivery.id)
+            .limit(1)
+        )
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
         delivery_id = session.execute(stmt).scalar_one_or_none()
         if delivery_id is None:
             return None
         moved = session.execute(
-            update(Delivery).where(Delivery.id == delivery_id, Delivery.state == "scheduled")
+            update(Delivery)
+            .where(Delivery.id == delivery_id, Delivery.state == "scheduled")
             .values(state="sending", started_at=utcnow(), worker=ctx.actor)
         ).rowcount  # type: ignore[attr-defined]
         if moved != 1:
             return None
         delivery = session.get(Delivery, delivery_id, populate_existing=True)
+        assert delivery is not None  # we just moved it, inside this transaction
         sr_path = session.execute(select(Result.sr_path).where(Result.job_id == delivery.job_id)).scalar_one()
-        assert delivery is not None
         session.expunge(delivery)
         return delivery, sr_path
 
@@ -94,16 +110,35 @@ def _attempt(ctx: DeliveryContext, claimed: tuple[Delivery, str]) -> None:
     succeeded = status in STORED
     config = ctx.settings.delivery
     with ctx.factory() as session, session.begin():
-        session.execute(update(Delivery).where(Delivery.id == delivery.id).values(
-            state="succeeded" if succeeded else "failed", finished_at=utcnow(), status_code=status,
-            error=None if succeeded else error))
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id)
+            .values(
+                state="succeeded" if succeeded else "failed",
+                finished_at=utcnow(),
+                status_code=status,
+                error=None if succeeded else error,
+            )
+        )
         if not succeeded and delivery.attempt < config.max_attempts:
-            session.add(Delivery(
-                job_id=delivery.job_id, destination=delivery.destination, ae_title=delivery.ae_title,
-                host=delivery.host, port=delivery.port, attempt=delivery.attempt + 1, state="scheduled",
-                not_before=utcnow() + timedelta(seconds=backoff(config, delivery.attempt + 1))))
-    fields = {"job": delivery.job_id, "destination": delivery.destination, "attempt": delivery.attempt,
-              "status": None if status is None else f"0x{status:04X}"}
+            session.add(
+                Delivery(
+                    job_id=delivery.job_id,
+                    destination=delivery.destination,
+                    ae_title=delivery.ae_title,
+                    host=delivery.host,
+                    port=delivery.port,
+                    attempt=delivery.attempt + 1,
+                    state="scheduled",
+                    not_before=utcnow() + timedelta(seconds=backoff(config, delivery.attempt + 1)),
+                )
+            )
+    fields = {
+        "job": delivery.job_id,
+        "destination": delivery.destination,
+        "attempt": delivery.attempt,
+        "status": None if status is None else f"0x{status:04X}",
+    }
     if succeeded:
         log.info("deliver.succeeded", extra=fields)
     else:
@@ -121,7 +156,9 @@ def send_file(ctx: DeliveryContext, delivery: Delivery, path: Path) -> tuple[int
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ctx.settings.delivery.timeout_seconds
     ae.connection_timeout = ctx.settings.delivery.timeout_seconds
     ae.add_requested_context(dataset.SOPClassUID, [dataset.file_meta.TransferSyntaxUID])
-    destination = next((d for d in ctx.settings.delivery.destinations if d.name == delivery.destination), None)
+    destination = next(
+        (d for d in ctx.settings.delivery.destinations if d.name == delivery.destination), None
+    )
     tls_args = None
     if destination is not None and destination.tls:
         if ctx.ssl_context is None:
@@ -131,7 +168,11 @@ def send_file(ctx: DeliveryContext, delivery: Delivery, path: Path) -> tuple[int
     if not assoc.is_established:
         if assoc.is_rejected:
             return None, f"association rejected by {delivery.ae_title}@{delivery.host}:{delivery.port}"
-        return None, f"cannot reach {delivery.ae_title}@{delivery.host}:{delivery.port} (connection failed or aborted)"
+        return (
+            None,
+            f"cannot reach {delivery.ae_title}@{delivery.host}:{delivery.port} "
+            "(connection failed or aborted)",
+        )
     try:
         response = assoc.send_c_store(dataset)
         if not response or "Status" not in response:

@@ -25,7 +25,11 @@ from pynetdicom import AE, evt
 
 from node.errors import NodeError
 
-SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33")
+SR_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.11",
+    "1.2.840.10008.5.1.4.1.1.88.22",
+    "1.2.840.10008.5.1.4.1.1.88.33",
+)
 
 
 def _free_port() -> int:
@@ -62,13 +66,23 @@ def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
 
     root = workdir or Path(tempfile.mkdtemp(prefix="msvlm-demo-"))
     study_dir = root / "study"
-    spec = PhantomSpec(modality="CT", planes=("axial", "coronal"), phases=("non_contrast", "arterial"),
-                       findings=(Finding("lung_nodule", {"size_mm": 12, "lobe": "right upper lobe"}),
-                                 Finding("pleural_effusion", {"side": "left"})),
-                       seed=2026, matrix=64, slices=32)
+    spec = PhantomSpec(
+        modality="CT",
+        planes=("axial", "coronal"),
+        phases=("non_contrast", "arterial"),
+        findings=(
+            Finding("lung_nodule", {"size_mm": 12, "lobe": "right upper lobe"}),
+            Finding("pleural_effusion", {"side": "left"}),
+        ),
+        seed=2026,
+        matrix=64,
+        slices=32,
+    )
     truth = write_study(generate_study(spec), study_dir)
-    print(f"demo: wrote a phantom CT study to {study_dir} (planted: "
-          f"{', '.join(k for k, v in truth.labels.items() if v)})")
+    print(
+        f"demo: wrote a phantom CT study to {study_dir} (planted: "
+        f"{', '.join(k for k, v in truth.labels.items() if v)})"
+    )
 
     received: queue.Queue[Dataset] = queue.Queue()
 
@@ -80,8 +94,10 @@ def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
     destination = AE(ae_title="DEMOPACS")
     for uid in SR_CLASSES:
         destination.add_supported_context(uid)
-    server = destination.start_server(("127.0.0.1", dest_port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server = destination.start_server(
+        ("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None  # block=False returns the running server
 
     port = _free_port()
     api_port = _free_port()
@@ -91,10 +107,10 @@ port = {port}
 [api]
 port = {api_port}
 [storage]
-path = "{root / 'storage'}"
+path = "{root / "storage"}"
 min_free_mb = 64
 [database]
-url = "sqlite:///{root / 'ledger.db'}"
+url = "sqlite:///{root / "ledger.db"}"
 [settle]
 after_release_seconds = 1.0
 interval_seconds = 0.5
@@ -114,8 +130,9 @@ host = "127.0.0.1"
     log_path = root / "node.log"
     env = {**os.environ, "MSVLM_NODE_CONFIG": str(config)}
     with log_path.open("wb") as log:
-        node = subprocess.Popen([sys.executable, "-m", "node", "serve"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        node = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 120
         while "receive.listening" not in log_path.read_text(errors="replace"):
@@ -142,23 +159,50 @@ host = "127.0.0.1"
         except queue.Empty as exc:
             raise NodeError(f"no SR arrived within {timeout:.0f}s; see {log_path}") from exc
         elapsed = time.monotonic() - started
-        print(f"demo: SR received by DEMOPACS {elapsed:.1f}s after the study was sent "
-              f"(SOP Instance UID {sr.SOPInstanceUID})\n")
+        print(
+            f"demo: SR received by DEMOPACS {elapsed:.1f}s after the study was sent "
+            f"(SOP Instance UID {sr.SOPInstanceUID})\n"
+        )
         for line in _sr_text(sr):
             print("  " + line)
-        shown = subprocess.run([sys.executable, "-m", "node", "jobs", "list", "--json"], env=env,
-                               capture_output=True, text=True, check=True)
+        shown = subprocess.run(
+            [sys.executable, "-m", "node", "jobs", "list", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         job_id = json.loads(shown.stdout)[0]["id"]
-        detail = json.loads(subprocess.run([sys.executable, "-m", "node", "jobs", "show", str(job_id), "--json"],
-                                           env=env, capture_output=True, text=True, check=True).stdout)
+        detail = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "node", "jobs", "show", str(job_id), "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         t = detail["timings"]
-        print("\ntimings: " + ", ".join(f"{k.removesuffix('_seconds')} {v:.2f}s" for k, v in t.items()
-                                        if k.endswith("_seconds") and v is not None))
-        print("findings: " + ", ".join(f"{f['display']} {'PRESENT' if f['present'] else 'absent'} "
-                                       f"p={f['probability']:.2f}" for f in detail["result"]["findings"]))
+        print(
+            "\ntimings: "
+            + ", ".join(
+                f"{k.removesuffix('_seconds')} {v:.2f}s"
+                for k, v in t.items()
+                if k.endswith("_seconds") and v is not None
+            )
+        )
+        print(
+            "findings: "
+            + ", ".join(
+                f"{f['display']} {'PRESENT' if f['present'] else 'absent'} p={f['probability']:.2f}"
+                for f in detail["result"]["findings"]
+            )
+        )
         print(f"\ndemo: ledger {root / 'ledger.db'}, log {log_path}")
-        print(f"demo: the node's dashboard was at http://127.0.0.1:{api_port}/jobs/{job_id} while it ran; "
-              f"re-run with `msvlm-node --config {config} serve` to browse it")
+        print(
+            f"demo: the node's dashboard was at http://127.0.0.1:{api_port}/jobs/{job_id} while it ran; "
+            f"re-run with `msvlm-node --config {config} serve` to browse it"
+        )
         return 0
     finally:
         node.send_signal(signal.SIGTERM)

@@ -33,5 +33,13 @@ def finding_codes(model_dir: Path) -> dict[str, FindingCode]:
             raise ConfigError(f"model.path: {path} is not a valid finding vocabulary: {exc}") from exc
     from models.phantom import FINDINGS
 
-    return {f.key: FindingCode(key=f.key, display=f.display, code_value=f.code.value,
-                               coding_scheme=f.code.scheme, code_meaning=f.code.meaning) for f in FINDINGS}
+    return {
+        f.key: FindingCode(
+            key=f.key,
+            display=f.display,
+            code_value=f.code.value,
+            coding_scheme=f.code.scheme,
+            code_meaning=f.code.meaning,
+        )
+        for f in FINDINGS
+    }

@@ -14,14 +14,14 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from io import BytesIO
 from datetime import datetime
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -189,10 +189,7 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
         return None
     if value is None or value == "":
         return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        text = "\\".join(str(v) for v in value)
-    else:
-        text = str(value)
+    text = "\\".join(str(v) for v in value) if isinstance(value, pydicom.multival.MultiValue) else str(value)
     return text[:limit] or None
 
 
@@ -230,7 +227,7 @@ class Indexer:
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._series_study: dict[str, str] = {}
         self._lock = threading.Lock()
-        table = Instance.__table__
+        table = cast(Table, Instance.__table__)
         upsert = self._insert(table)
         self._upsert_instance = upsert.on_conflict_do_update(
             index_elements=[table.c.sop_instance_uid],
@@ -246,33 +243,39 @@ class Indexer:
             where=table.c.series_instance_uid == upsert.excluded.series_instance_uid,
         ).returning(table.c.id)
 
-    def record_instance(self, info: InstanceInfo, *, path: str, size: int,
-                        association_id: int | None) -> None:
+    def record_instance(
+        self, info: InstanceInfo, *, path: str, size: int, association_id: int | None
+    ) -> None:
         """Insert or refresh the instance row (and its study/series) in one transaction."""
         known_study = self._series_study.get(info.series_instance_uid)
         if known_study is not None and known_study != info.study_instance_uid:
-            raise RejectedInstance(Status.CONFLICTING_INSTANCE,
-                                   "Series Instance UID belongs to another study")
+            raise RejectedInstance(
+                Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study"
+            )
         now = utcnow()
         with self.engine.begin() as conn:
             if known_study is None:
                 self._ensure_parents(conn, info, now)
-            row = conn.execute(self._upsert_instance, {
-                "sop_instance_uid": info.sop_instance_uid,
-                "sop_class_uid": info.sop_class_uid,
-                "series_instance_uid": info.series_instance_uid,
-                "study_instance_uid": info.study_instance_uid,
-                "transfer_syntax_uid": info.transfer_syntax_uid,
-                "instance_number": info.instance_number,
-                "path": path,
-                "size_bytes": size,
-                "received_at": now,
-                "receive_count": 1,
-                "association_id": association_id,
-            }).first()
+            row = conn.execute(
+                self._upsert_instance,
+                {
+                    "sop_instance_uid": info.sop_instance_uid,
+                    "sop_class_uid": info.sop_class_uid,
+                    "series_instance_uid": info.series_instance_uid,
+                    "study_instance_uid": info.study_instance_uid,
+                    "transfer_syntax_uid": info.transfer_syntax_uid,
+                    "instance_number": info.instance_number,
+                    "path": path,
+                    "size_bytes": size,
+                    "received_at": now,
+                    "receive_count": 1,
+                    "association_id": association_id,
+                },
+            ).first()
             if row is None:
-                raise RejectedInstance(Status.CONFLICTING_INSTANCE,
-                                       "SOP Instance UID already stored in another series")
+                raise RejectedInstance(
+                    Status.CONFLICTING_INSTANCE, "SOP Instance UID already stored in another series"
+                )
         with self._lock:
             self._series_study[info.series_instance_uid] = info.study_instance_uid
 
@@ -284,17 +287,21 @@ class Indexer:
         )
         conn.execute(
             self._insert(Series)
-            .values(series_instance_uid=info.series_instance_uid,
-                    study_instance_uid=info.study_instance_uid, first_received_at=now, **info.series)
+            .values(
+                series_instance_uid=info.series_instance_uid,
+                study_instance_uid=info.study_instance_uid,
+                first_received_at=now,
+                **info.series,
+            )
             .on_conflict_do_nothing(index_elements=[Series.series_instance_uid])
         )
         owner = conn.execute(
-            select(Series.study_instance_uid)
-            .where(Series.series_instance_uid == info.series_instance_uid)
+            select(Series.study_instance_uid).where(Series.series_instance_uid == info.series_instance_uid)
         ).scalar_one()
         if owner != info.study_instance_uid:
-            raise RejectedInstance(Status.CONFLICTING_INSTANCE,
-                                   "Series Instance UID belongs to another study")
+            raise RejectedInstance(
+                Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study"
+            )
 
     def open_association(
         self,

@@ -48,9 +48,17 @@ class StaleJobState(NodeError):
     """The job was no longer in the expected state (another process moved it)."""
 
 
-def transition(session: Session, job_id: int, *, expected: Iterable[JobState], to: JobState, actor: str,
-               detail: str | None = None, values: dict[str, Any] | None = None,
-               worker: str | None = None) -> None:
+def transition(
+    session: Session,
+    job_id: int,
+    *,
+    expected: Iterable[JobState],
+    to: JobState,
+    actor: str,
+    detail: str | None = None,
+    values: dict[str, Any] | None = None,
+    worker: str | None = None,
+) -> None:
     """Move a job from one of ``expected`` to ``to`` and record the event.
 
     ``worker``, when given, must also match the job's worker: a worker that lost
@@ -73,8 +81,9 @@ def transition(session: Session, job_id: int, *, expected: Iterable[JobState], t
         current = session.execute(select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
         raise StaleJobState(f"job {job_id} is {current or 'gone'}, not {'/'.join(sources)}")
     from_state = sources[0] if len(sources) == 1 else None
-    session.add(JobEvent(job_id=job_id, at=now, from_state=from_state, to_state=to.value, actor=actor,
-                         detail=detail))
+    session.add(
+        JobEvent(job_id=job_id, at=now, from_state=from_state, to_state=to.value, actor=actor, detail=detail)
+    )
 
 
 def claim_next(session: Session, *, worker: str, lease_seconds: float) -> Job | None:
@@ -86,10 +95,21 @@ def claim_next(session: Session, *, worker: str, lease_seconds: float) -> Job | 
     if job_id is None:
         return None
     now = utcnow()
-    transition(session, job_id, expected=[JobState.PENDING], to=JobState.RUNNING, actor=worker,
-               values={"worker": worker, "started_at": now, "heartbeat_at": now,
-                       "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                       "attempts": Job.attempts + 1, "error": None})
+    transition(
+        session,
+        job_id,
+        expected=[JobState.PENDING],
+        to=JobState.RUNNING,
+        actor=worker,
+        values={
+            "worker": worker,
+            "started_at": now,
+            "heartbeat_at": now,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "attempts": Job.attempts + 1,
+            "error": None,
+        },
+    )
     return session.get(Job, job_id, populate_existing=True)
 
 
@@ -108,19 +128,34 @@ def reap_expired(session: Session, *, now: datetime | None = None, actor: str) -
     """Return jobs whose worker's lease expired to ``pending``, or fail them past max attempts."""
     now = now or utcnow()
     expired = session.execute(
-        select(Job.id, Job.attempts, Job.max_attempts, Job.worker)
-        .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
+        select(Job.id, Job.attempts, Job.max_attempts, Job.worker).where(
+            Job.state == JobState.RUNNING.value, Job.lease_expires_at < now
+        )
     ).all()
     moved = []
     for job_id, attempts, max_attempts, worker in expired:
         reason = f"worker {worker} stopped renewing its lease (attempt {attempts} of {max_attempts})"
         try:
             if attempts >= max_attempts:
-                transition(session, job_id, expected=[JobState.RUNNING], to=JobState.FAILED, actor=actor,
-                           detail=reason, values={"error": f"gave up: {reason}"})
+                transition(
+                    session,
+                    job_id,
+                    expected=[JobState.RUNNING],
+                    to=JobState.FAILED,
+                    actor=actor,
+                    detail=reason,
+                    values={"error": f"gave up: {reason}"},
+                )
             else:
-                transition(session, job_id, expected=[JobState.RUNNING], to=JobState.PENDING, actor=actor,
-                           detail=reason, values={"worker": None, "lease_expires_at": None, "error": reason})
+                transition(
+                    session,
+                    job_id,
+                    expected=[JobState.RUNNING],
+                    to=JobState.PENDING,
+                    actor=actor,
+                    detail=reason,
+                    values={"worker": None, "lease_expires_at": None, "error": reason},
+                )
         except StaleJobState:
             continue
         moved.append(job_id)

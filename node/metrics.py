@@ -33,8 +33,23 @@ from node.schema import Association, Delivery, Instance, Job, Study, utcnow
 log = logging.getLogger(__name__)
 
 #: seconds; wide enough for a 50 ms delivery and an hour of settling
-BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-                              1800.0, 3600.0)
+BUCKETS: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
 
 
 @dataclass(frozen=True)
@@ -49,17 +64,20 @@ class ProcessStats:
 ProcessStatsProvider = Callable[[], ProcessStats]
 
 
-def cuda_process_stats(model_load_seconds: float | None,
-                       device: int | str | None = None) -> ProcessStatsProvider:
+def cuda_process_stats(
+    model_load_seconds: float | None, device: int | str | None = None
+) -> ProcessStatsProvider:
     """A provider for a process running a CUDA worker (reads torch only if the worker imported it)."""
 
     def provider() -> ProcessStats:
         torch: Any = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return ProcessStats(model_load_seconds=model_load_seconds)
-        return ProcessStats(model_load_seconds=model_load_seconds,
-                            gpu_memory_allocated_bytes=int(torch.cuda.memory_allocated(device)),
-                            gpu_max_memory_allocated_bytes=int(torch.cuda.max_memory_allocated(device)))
+        return ProcessStats(
+            model_load_seconds=model_load_seconds,
+            gpu_memory_allocated_bytes=int(torch.cuda.memory_allocated(device)),
+            gpu_max_memory_allocated_bytes=int(torch.cuda.max_memory_allocated(device)),
+        )
 
     return provider
 
@@ -120,39 +138,53 @@ class LedgerCollector(Collector):
     def _receive(self, session: Session) -> Iterator[Metric]:
         on_disk = Instance.purged_at.is_(None)  # retention removes files but keeps the rows
         arrivals, stored, stored_bytes = session.execute(
-            select(func.coalesce(func.sum(Instance.receive_count), 0),
-                   func.coalesce(func.sum(case((on_disk, 1), else_=0)), 0),
-                   func.coalesce(func.sum(case((on_disk, Instance.size_bytes), else_=0)), 0))).one()
-        yield _counter("msvlm_instances_received", "Instances received, every arrival including re-sends",
-                       arrivals)
+            select(
+                func.coalesce(func.sum(Instance.receive_count), 0),
+                func.coalesce(func.sum(case((on_disk, 1), else_=0)), 0),
+                func.coalesce(func.sum(case((on_disk, Instance.size_bytes), else_=0)), 0),
+            )
+        ).one()
+        yield _counter(
+            "msvlm_instances_received", "Instances received, every arrival including re-sends", arrivals
+        )
         yield _gauge("msvlm_instances_stored", "Distinct instances whose file is in storage", stored)
-        yield _gauge("msvlm_stored_bytes", "Bytes of the instances in storage (latest copy of each)",
-                     stored_bytes)
+        yield _gauge(
+            "msvlm_stored_bytes", "Bytes of the instances in storage (latest copy of each)", stored_bytes
+        )
         received_bytes = session.execute(
-            select(func.coalesce(func.sum(Association.bytes_received), 0))).scalar_one()
+            select(func.coalesce(func.sum(Association.bytes_received), 0))
+        ).scalar_one()
         yield _counter("msvlm_received_bytes", "Bytes received over finished associations", received_bytes)
-        yield _counter("msvlm_studies", "Studies received",
-                       session.execute(select(func.count()).select_from(Study)).scalar_one())
+        yield _counter(
+            "msvlm_studies",
+            "Studies received",
+            session.execute(select(func.count()).select_from(Study)).scalar_one(),
+        )
         kind = rejection_kind(Association.rejection_reason)
         associations = CounterMetricFamily(
-            "msvlm_associations", "DICOM associations by outcome (open, released, aborted, rejected) and "
+            "msvlm_associations",
+            "DICOM associations by outcome (open, released, aborted, rejected) and "
             "rejection reason (called_ae, calling_ae, calling_host, busy, other)",
-            labels=["outcome", "reason"])
+            labels=["outcome", "reason"],
+        )
         for outcome, reason, count in session.execute(
-                select(Association.outcome, kind, func.count()).group_by(Association.outcome, kind)):
+            select(Association.outcome, kind, func.count()).group_by(Association.outcome, kind)
+        ):
             associations.add_metric([outcome, reason], count)
         yield associations
 
     def _jobs(self, session: Session) -> Iterator[Metric]:
         counts = dict.fromkeys((s.value for s in JobState), 0)
-        counts.update({state: n for state, n in session.execute(
-            select(Job.state, func.count()).group_by(Job.state))})
+        counts.update(
+            {state: n for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state))}
+        )
         jobs = GaugeMetricFamily("msvlm_jobs", "Jobs by state", labels=["state"])
         for state, count in sorted(counts.items()):
             jobs.add_metric([state], count)
         yield jobs
         depth, oldest = session.execute(
-            select(func.count(), func.min(Job.created_at)).where(Job.state == JobState.PENDING.value)).one()
+            select(func.count(), func.min(Job.created_at)).where(Job.state == JobState.PENDING.value)
+        ).one()
         yield _gauge("msvlm_queue_depth", "Jobs waiting for a worker", depth)
         # MIN() keeps the column's type, so this is an aware datetime on both dialects
         age = 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
@@ -160,38 +192,61 @@ class LedgerCollector(Collector):
 
     def _latency(self, session: Session, dialect: str) -> Iterator[Metric]:
         stages = HistogramMetricFamily(
-            "msvlm_stage_duration_seconds", "Per-stage latency from the ledger: settle (last image -> job), "
+            "msvlm_stage_duration_seconds",
+            "Per-stage latency from the ledger: settle (last image -> job), "
             "queue (job -> started), load, infer, report (SR), delivery (one successful C-STORE)",
-            labels=["stage"])
+            labels=["stage"],
+        )
         succeeded = Job.state == JobState.SUCCEEDED.value
         for stage, value, where in (
             ("settle", seconds_between(Job.created_at, Job.last_instance_at, dialect), []),
-            ("queue", seconds_between(Job.started_at, Job.created_at, dialect),
-             [Job.started_at.is_not(None)]),
+            (
+                "queue",
+                seconds_between(Job.started_at, Job.created_at, dialect),
+                [Job.started_at.is_not(None)],
+            ),
             ("load", Job.load_seconds, [succeeded]),
             ("infer", Job.infer_seconds, [succeeded]),
             ("report", Job.report_seconds, [succeeded]),
         ):
             _add_histogram(stages, [stage], session, value, Job, where)
-        _add_histogram(stages, ["delivery"], session,
-                       seconds_between(Delivery.finished_at, Delivery.started_at, dialect), Delivery,
-                       [Delivery.state == "succeeded", Delivery.started_at.is_not(None)])
+        _add_histogram(
+            stages,
+            ["delivery"],
+            session,
+            seconds_between(Delivery.finished_at, Delivery.started_at, dialect),
+            Delivery,
+            [Delivery.state == "succeeded", Delivery.started_at.is_not(None)],
+        )
         yield stages
         turnaround = HistogramMetricFamily(
-            "msvlm_turnaround_seconds", "Last image received -> report (SR) written, succeeded jobs")
-        _add_histogram(turnaround, [], session,
-                       seconds_between(Job.finished_at, Job.last_instance_at, dialect), Job, [succeeded])
+            "msvlm_turnaround_seconds", "Last image received -> report (SR) written, succeeded jobs"
+        )
+        _add_histogram(
+            turnaround,
+            [],
+            session,
+            seconds_between(Job.finished_at, Job.last_instance_at, dialect),
+            Job,
+            [succeeded],
+        )
         yield turnaround
 
     def _deliveries(self, session: Session) -> Iterator[Metric]:
-        failures = CounterMetricFamily("msvlm_delivery_failures", "Failed delivery attempts by destination",
-                                       labels=["destination"])
-        succeeded = CounterMetricFamily("msvlm_deliveries_succeeded", "Successful deliveries by destination",
-                                        labels=["destination"])
-        backlog = GaugeMetricFamily("msvlm_delivery_backlog", "Delivery attempts scheduled or sending",
-                                    labels=["destination"])
-        rows = session.execute(select(Delivery.destination, Delivery.state, func.count())
-                               .group_by(Delivery.destination, Delivery.state))
+        failures = CounterMetricFamily(
+            "msvlm_delivery_failures", "Failed delivery attempts by destination", labels=["destination"]
+        )
+        succeeded = CounterMetricFamily(
+            "msvlm_deliveries_succeeded", "Successful deliveries by destination", labels=["destination"]
+        )
+        backlog = GaugeMetricFamily(
+            "msvlm_delivery_backlog", "Delivery attempts scheduled or sending", labels=["destination"]
+        )
+        rows = session.execute(
+            select(Delivery.destination, Delivery.state, func.count()).group_by(
+                Delivery.destination, Delivery.state
+            )
+        )
         for destination, state, count in rows:
             if state == "failed":
                 failures.add_metric([destination], count)
@@ -211,18 +266,28 @@ class ProcessCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self.provider()
         if stats.model_load_seconds is not None:
-            yield _gauge("msvlm_model_load_seconds", "How long this process took to load the model",
-                         stats.model_load_seconds)
+            yield _gauge(
+                "msvlm_model_load_seconds",
+                "How long this process took to load the model",
+                stats.model_load_seconds,
+            )
         if stats.gpu_memory_allocated_bytes is not None:
-            yield _gauge("msvlm_gpu_memory_allocated_bytes", "CUDA memory allocated by this process now",
-                         stats.gpu_memory_allocated_bytes)
+            yield _gauge(
+                "msvlm_gpu_memory_allocated_bytes",
+                "CUDA memory allocated by this process now",
+                stats.gpu_memory_allocated_bytes,
+            )
         if stats.gpu_max_memory_allocated_bytes is not None:
-            yield _gauge("msvlm_gpu_max_memory_allocated_bytes", "Peak CUDA memory allocated by this process",
-                         stats.gpu_max_memory_allocated_bytes)
+            yield _gauge(
+                "msvlm_gpu_max_memory_allocated_bytes",
+                "Peak CUDA memory allocated by this process",
+                stats.gpu_max_memory_allocated_bytes,
+            )
 
 
-def build_registry(factory: sessionmaker[Session], process_stats: ProcessStatsProvider | None = None
-                   ) -> CollectorRegistry:
+def build_registry(
+    factory: sessionmaker[Session], process_stats: ProcessStatsProvider | None = None
+) -> CollectorRegistry:
     """A registry of its own (never the global one), so several apps can live in one process."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(factory))
@@ -231,8 +296,14 @@ def build_registry(factory: sessionmaker[Session], process_stats: ProcessStatsPr
     return registry
 
 
-def _add_histogram(family: HistogramMetricFamily, labels: list[str], session: Session, value: Any,
-                   table: Any, where: list[Any]) -> None:
+def _add_histogram(
+    family: HistogramMetricFamily,
+    labels: list[str],
+    session: Session,
+    value: Any,
+    table: Any,
+    where: list[Any],
+) -> None:
     columns = [func.count(), func.coalesce(func.sum(value), 0.0)]
     columns += [func.coalesce(func.sum(case((value <= bound, 1), else_=0)), 0) for bound in BUCKETS]
     row = session.execute(select(*columns).select_from(table).where(value.is_not(None), *where)).one()

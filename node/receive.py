@@ -16,11 +16,12 @@ import socketserver
 import ssl
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association as PynAssociation
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
@@ -86,8 +87,10 @@ def check_caller(
 def handle_requested(event: Event, ctx: ReceiveContext) -> None:
     """Apply the allow-list before negotiation; record and log every rejection."""
     assoc = event.assoc
-    calling = assoc.requestor.primitive.calling_ae_title.strip()
-    called = assoc.requestor.primitive.called_ae_title.strip()
+    request = assoc.requestor.primitive
+    assert request is not None  # EVT_REQUESTED fires once the A-ASSOCIATE-RQ is in
+    calling = request.calling_ae_title.strip()
+    called = request.called_ae_title.strip()
     host, port = assoc.requestor.address, assoc.requestor.port
     active = sum(1 for a in assoc.ae.active_associations if a.is_acceptor)
     refusal = check_caller(ctx.settings, calling_ae=calling, called_ae=called, host=host, active=active)
@@ -164,7 +167,7 @@ def handle_echo(event: Event) -> int:
 def handle_store(event: Event, ctx: ReceiveContext) -> Dataset:
     """Store one instance durably and index it; always answer with a named status."""
     state = ctx.state(event.assoc)
-    request = event.request
+    request = cast(C_STORE, event.request)
     status, comment = _store(event, ctx, state)
     if state is not None:
         with ctx.lock:
@@ -190,7 +193,7 @@ def handle_store(event: Event, ctx: ReceiveContext) -> Dataset:
 
 
 def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tuple[Status, str]:
-    request = event.request
+    request = cast(C_STORE, event.request)
     transfer_syntax = str(event.context.transfer_syntax)
     try:
         data = event.encoded_dataset(include_meta=True)

@@ -39,18 +39,32 @@ class RetentionContext:
     actor: str
 
 
-def _settled_idle_studies(session: Session, *, received_before: datetime | None) -> list[tuple[str, datetime]]:
+def _settled_idle_studies(
+    session: Session, *, received_before: datetime | None
+) -> list[tuple[str, datetime]]:
     """Studies with files left, fully settled, with no job or delivery in flight; oldest first."""
-    last = (select(Instance.study_instance_uid.label("uid"), func.max(Instance.received_at).label("last"))
-            .where(Instance.purged_at.is_(None)).group_by(Instance.study_instance_uid).subquery())
-    busy_job = exists().where(Job.study_instance_uid == Study.study_instance_uid,
-                              Job.state.in_([JobState.PENDING.value, JobState.RUNNING.value]))
-    busy_delivery = exists().where(Delivery.job_id == Job.id, Job.study_instance_uid == Study.study_instance_uid,
-                                   Delivery.state.in_(["scheduled", "sending"]))
-    stmt = (select(Study.study_instance_uid, last.c.last)
-            .join(last, last.c.uid == Study.study_instance_uid)
-            .where(Study.settled_at.is_not(None), Study.settled_at >= last.c.last, ~busy_job, ~busy_delivery)
-            .order_by(last.c.last).limit(BATCH))
+    last = (
+        select(Instance.study_instance_uid.label("uid"), func.max(Instance.received_at).label("last"))
+        .where(Instance.purged_at.is_(None))
+        .group_by(Instance.study_instance_uid)
+        .subquery()
+    )
+    busy_job = exists().where(
+        Job.study_instance_uid == Study.study_instance_uid,
+        Job.state.in_([JobState.PENDING.value, JobState.RUNNING.value]),
+    )
+    busy_delivery = exists().where(
+        Delivery.job_id == Job.id,
+        Job.study_instance_uid == Study.study_instance_uid,
+        Delivery.state.in_(["scheduled", "sending"]),
+    )
+    stmt = (
+        select(Study.study_instance_uid, last.c.last)
+        .join(last, last.c.uid == Study.study_instance_uid)
+        .where(Study.settled_at.is_not(None), Study.settled_at >= last.c.last, ~busy_job, ~busy_delivery)
+        .order_by(last.c.last)
+        .limit(BATCH)
+    )
     if received_before is not None:
         stmt = stmt.where(last.c.last < received_before)
     return [(uid, at) for uid, at in session.execute(stmt)]
@@ -58,22 +72,32 @@ def _settled_idle_studies(session: Session, *, received_before: datetime | None)
 
 def _delivered(session: Session, study_uid: str) -> bool:
     """The study's latest job succeeded and every destination it was sent to acknowledged it."""
-    job = session.execute(select(Job.id, Job.state).where(Job.study_instance_uid == study_uid)
-                          .order_by(Job.id.desc()).limit(1)).first()
+    job = session.execute(
+        select(Job.id, Job.state).where(Job.study_instance_uid == study_uid).order_by(Job.id.desc()).limit(1)
+    ).first()
     if job is None or job.state != JobState.SUCCEEDED.value:
         return False
-    destinations = set(session.execute(select(Delivery.destination).where(Delivery.job_id == job.id)).scalars())
-    done = set(session.execute(select(Delivery.destination).where(Delivery.job_id == job.id,
-                                                                  Delivery.state == "succeeded")).scalars())
+    destinations = set(
+        session.execute(select(Delivery.destination).where(Delivery.job_id == job.id)).scalars()
+    )
+    done = set(
+        session.execute(
+            select(Delivery.destination).where(Delivery.job_id == job.id, Delivery.state == "succeeded")
+        ).scalars()
+    )
     return destinations == done
 
 
 def purge_study(ctx: RetentionContext, study_uid: str, reason: str, checked_at: datetime) -> tuple[int, int]:
     """Remove a study's files received up to ``checked_at``; returns (files, bytes)."""
     with ctx.factory() as session:
-        rows = session.execute(select(Instance.id, Instance.path, Instance.size_bytes).where(
-            Instance.study_instance_uid == study_uid, Instance.purged_at.is_(None),
-            Instance.received_at <= checked_at)).all()
+        rows = session.execute(
+            select(Instance.id, Instance.path, Instance.size_bytes).where(
+                Instance.study_instance_uid == study_uid,
+                Instance.purged_at.is_(None),
+                Instance.received_at <= checked_at,
+            )
+        ).all()
     files = freed = 0
     directories = set()
     for _, path, size in rows:
@@ -88,37 +112,63 @@ def purge_study(ctx: RetentionContext, study_uid: str, reason: str, checked_at: 
     with ctx.factory() as session, session.begin():
         ids = [row_id for row_id, _, _ in rows]
         for start in range(0, len(ids), 500):
-            session.execute(update(Instance).where(Instance.id.in_(ids[start:start + 500]),
-                                                   Instance.received_at <= checked_at).values(purged_at=now))
-        session.add(RetentionEvent(at=now, study_instance_uid=study_uid, reason=reason, files_removed=files,
-                                   bytes_freed=freed, actor=ctx.actor))
+            session.execute(
+                update(Instance)
+                .where(Instance.id.in_(ids[start : start + 500]), Instance.received_at <= checked_at)
+                .values(purged_at=now)
+            )
+        session.add(
+            RetentionEvent(
+                at=now,
+                study_instance_uid=study_uid,
+                reason=reason,
+                files_removed=files,
+                bytes_freed=freed,
+                actor=ctx.actor,
+            )
+        )
     for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
         for empty in (directory, directory.parent):
             try:
                 empty.rmdir()
             except OSError:
                 break
-    log.info("retention.purged", extra={"study_instance_uid": study_uid, "reason": reason, "files": files,
-                                        "bytes": freed})
+    log.info(
+        "retention.purged",
+        extra={"study_instance_uid": study_uid, "reason": reason, "files": files, "bytes": freed},
+    )
     return files, freed
 
 
 def purge_sr_copies(ctx: RetentionContext, older_than: datetime) -> int:
     with ctx.factory() as session:
         rows = session.execute(
-            select(Result.id, Result.sr_path, Job.study_instance_uid).join(Job, Job.id == Result.job_id)
-            .where(Result.sr_purged_at.is_(None), Result.created_at < older_than,
-                   ~exists().where(and_(Delivery.job_id == Result.job_id,
-                                        Delivery.state.in_(["scheduled", "sending"]))))
-            .limit(BATCH)).all()
+            select(Result.id, Result.sr_path, Job.study_instance_uid)
+            .join(Job, Job.id == Result.job_id)
+            .where(
+                Result.sr_purged_at.is_(None),
+                Result.created_at < older_than,
+                ~exists().where(
+                    and_(Delivery.job_id == Result.job_id, Delivery.state.in_(["scheduled", "sending"]))
+                ),
+            )
+            .limit(BATCH)
+        ).all()
     for result_id, path, study_uid in rows:
         target = ctx.store.absolute(path)
         size = target.stat().st_size if target.exists() else 0
         target.unlink(missing_ok=True)
         with ctx.factory() as session, session.begin():
             session.execute(update(Result).where(Result.id == result_id).values(sr_purged_at=utcnow()))
-            session.add(RetentionEvent(study_instance_uid=study_uid, reason="sr_age", files_removed=1 if size else 0,
-                                       bytes_freed=size, actor=ctx.actor))
+            session.add(
+                RetentionEvent(
+                    study_instance_uid=study_uid,
+                    reason="sr_age",
+                    files_removed=1 if size else 0,
+                    bytes_freed=size,
+                    actor=ctx.actor,
+                )
+            )
     return len(rows)
 
 
@@ -148,12 +198,18 @@ def run_retention(ctx: RetentionContext, now: datetime | None = None) -> int:
 def emergency_cleanup(ctx: RetentionContext, now: datetime) -> int:
     """Remove the oldest delivered studies until usage is below the target."""
     rules = ctx.settings.retention
-    log.warning("retention.emergency", extra={"used_percent": round(ctx.store.disk_state().used_percent, 1),
-                                              "target_percent": rules.emergency_target_percent})
+    log.warning(
+        "retention.emergency",
+        extra={
+            "used_percent": round(ctx.store.disk_state().used_percent, 1),
+            "target_percent": rules.emergency_target_percent,
+        },
+    )
     cleaned = 0
     with ctx.factory() as session:
-        candidates = [uid for uid, _ in _settled_idle_studies(session, received_before=None)
-                      if _delivered(session, uid)]
+        candidates = [
+            uid for uid, _ in _settled_idle_studies(session, received_before=None) if _delivered(session, uid)
+        ]
     for uid in candidates:
         if ctx.store.disk_state().used_percent <= rules.emergency_target_percent:
             break

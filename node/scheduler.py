@@ -37,22 +37,41 @@ def _guarded(name: str, work: Callable[[], Any]) -> Callable[[], None]:
     return run
 
 
-def build_scheduler(*, settle: SettleContext | None, delivery: DeliveryContext | None,
-                    retention: RetentionContext | None, factory: sessionmaker[Session], actor: str,
-                    reap_interval: float) -> BackgroundScheduler:
+def build_scheduler(
+    *,
+    settle: SettleContext | None,
+    delivery: DeliveryContext | None,
+    retention: RetentionContext | None,
+    factory: sessionmaker[Session],
+    actor: str,
+    reap_interval: float,
+) -> BackgroundScheduler:
     """The node's timers: settle, delivery and retention when given, and always the lease reaper."""
-    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
-                                                                  "misfire_grace_time": 30})
+    scheduler = BackgroundScheduler(
+        timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+    )
     if settle is not None:
-        scheduler.add_job(_guarded("settle", lambda: settle_once(settle)), "interval",
-                          seconds=settle.settings.settle.interval_seconds, id="settle")
+        scheduler.add_job(
+            _guarded("settle", lambda: settle_once(settle)),
+            "interval",
+            seconds=settle.settings.settle.interval_seconds,
+            id="settle",
+        )
     if delivery is not None:
-        scheduler.add_job(_guarded("deliver", lambda: deliver_due(delivery)), "interval",
-                          seconds=delivery.settings.delivery.interval_seconds, id="deliver")
+        scheduler.add_job(
+            _guarded("deliver", lambda: deliver_due(delivery)),
+            "interval",
+            seconds=delivery.settings.delivery.interval_seconds,
+            id="deliver",
+        )
 
     if retention is not None:
-        scheduler.add_job(_guarded("retention", lambda: run_retention(retention)), "interval",
-                          seconds=retention.settings.retention.interval_seconds, id="retention")
+        scheduler.add_job(
+            _guarded("retention", lambda: run_retention(retention)),
+            "interval",
+            seconds=retention.settings.retention.interval_seconds,
+            id="retention",
+        )
 
     def reap() -> None:
         with factory() as session, session.begin():

@@ -224,8 +224,9 @@ class Job(Base):
     report_seconds: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
-        UniqueConstraint("study_instance_uid", "input_fingerprint", "model_version", "weights_sha256",
-                         name="uq_jobs_input"),
+        UniqueConstraint(
+            "study_instance_uid", "input_fingerprint", "model_version", "weights_sha256", name="uq_jobs_input"
+        ),
         Index("ix_jobs_state_created", "state", "created_at"),
     )
 
@@ -325,4 +326,6 @@ class AuditEntry(Base):
     status: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_audit_at", "at"),)
+
+
 # --- end audit ---

@@ -21,9 +21,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 import pydicom.config
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import Settings
 from node.db import create_db_engine, ensure_schema, session_factory
@@ -31,8 +30,8 @@ from node.deliver import DeliveryContext
 from node.index import Indexer, receiver_identity
 from node.logs import configure_logging
 from node.modelinfo import model_identity, model_path
-from node.retention import RetentionContext
 from node.receive import ReceiveContext, build_server, build_ssl_context, drain
+from node.retention import RetentionContext
 from node.scheduler import build_scheduler
 from node.settle import SettleContext
 from node.store import InstanceStore
@@ -42,8 +41,9 @@ log = logging.getLogger(__name__)
 
 def open_store(settings: Settings) -> InstanceStore:
     s = settings.storage
-    return InstanceStore(Path(s.path), min_free_mb=s.min_free_mb, max_used_percent=s.max_used_percent,
-                         fsync=s.fsync)
+    return InstanceStore(
+        Path(s.path), min_free_mb=s.min_free_mb, max_used_percent=s.max_used_percent, fsync=s.fsync
+    )
 
 
 def run_receiver(settings: Settings, stop: threading.Event) -> None:
@@ -54,15 +54,28 @@ def run_receiver(settings: Settings, stop: threading.Event) -> None:
     engine = create_db_engine(settings.database.url, echo=settings.database.echo)
     store = open_store(settings)
     ssl_context = build_ssl_context(settings)
-    ctx = ReceiveContext(settings=settings, store=store, indexer=Indexer(engine, session_factory(engine)),
-                         tls=ssl_context is not None)
+    ctx = ReceiveContext(
+        settings=settings,
+        store=store,
+        indexer=Indexer(engine, session_factory(engine)),
+        tls=ssl_context is not None,
+    )
     server = build_server(settings, ctx, ssl_context)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="dicom-acceptor", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-acceptor", daemon=True
+    )
     thread.start()
     host, port = server.server_address[:2]
-    log.info("receive.listening", extra={"ae_title": settings.node.ae_title, "host": host, "port": port,
-                                         "tls": ssl_context is not None, "pid": os.getpid()})
+    log.info(
+        "receive.listening",
+        extra={
+            "ae_title": settings.node.ae_title,
+            "host": host,
+            "port": port,
+            "tls": ssl_context is not None,
+            "pid": os.getpid(),
+        },
+    )
     stop.wait()
     log.info("receive.draining", extra={"in_flight": len(server.active_associations)})
     aborted = drain(server, timeout=settings.node.drain_seconds)
@@ -112,12 +125,26 @@ def serve(settings: Settings) -> int:
     if roles & {"scheduler", "worker"}:
         model = model_identity(model_path(settings.model.path))
         if "scheduler" in roles:
-            settle = SettleContext(settings=settings, factory=factory, storage_root=store.root, model=model,
-                                   actor=actor, on_job_created=wake_worker.set)
-            delivery = DeliveryContext(settings=settings, factory=factory, storage_root=store.root, actor=actor)
+            settle = SettleContext(
+                settings=settings,
+                factory=factory,
+                storage_root=store.root,
+                model=model,
+                actor=actor,
+                on_job_created=wake_worker.set,
+            )
+            delivery = DeliveryContext(
+                settings=settings, factory=factory, storage_root=store.root, actor=actor
+            )
             retention = RetentionContext(settings=settings, factory=factory, store=store, actor=actor)
-            scheduler = build_scheduler(settle=settle, delivery=delivery, retention=retention, factory=factory,
-                                        actor=actor, reap_interval=max(1.0, settings.worker.lease_seconds / 4))
+            scheduler = build_scheduler(
+                settle=settle,
+                delivery=delivery,
+                retention=retention,
+                factory=factory,
+                actor=actor,
+                reap_interval=max(1.0, settings.worker.lease_seconds / 4),
+            )
             scheduler.start()
         if "worker" in roles:
             from node.worker import build_context, run_worker
@@ -128,7 +155,9 @@ def serve(settings: Settings) -> int:
             worker_ctx.wake = wake_worker
             if scheduler is not None:
                 worker_ctx.on_succeeded = _poke(scheduler, "deliver")
-            worker_thread = threading.Thread(target=run_worker, args=(worker_ctx,), name="worker", daemon=True)
+            worker_thread = threading.Thread(
+                target=run_worker, args=(worker_ctx,), name="worker", daemon=True
+            )
             worker_thread.start()
 
     api_thread = None
@@ -138,9 +167,14 @@ def serve(settings: Settings) -> int:
 
         ready = worker_ctx is not None
         api_thread = threading.Thread(
-            target=run_api, args=(settings, factory, stop), name="api",
-            kwargs={"model_ready": (lambda: ready) if worker_ctx is not None else None,
-                    "process_stats": cuda_process_stats(model_load_seconds) if worker_ctx is not None else None})
+            target=run_api,
+            args=(settings, factory, stop),
+            name="api",
+            kwargs={
+                "model_ready": (lambda: ready) if worker_ctx is not None else None,
+                "process_stats": cuda_process_stats(model_load_seconds) if worker_ctx is not None else None,
+            },
+        )
         api_thread.start()
 
     children: list[multiprocessing.process.BaseProcess] = []
@@ -152,8 +186,10 @@ def serve(settings: Settings) -> int:
             receiver_thread.start()
         else:
             context = multiprocessing.get_context("spawn")
-            children = [context.Process(target=_receiver_process, args=(settings,), name=f"receiver-{i}")
-                        for i in range(count)]
+            children = [
+                context.Process(target=_receiver_process, args=(settings,), name=f"receiver-{i}")
+                for i in range(count)
+            ]
             for child in children:
                 child.start()
     log.info("serve.started", extra={"roles": ",".join(sorted(roles)), "receivers": len(children) or 1})

@@ -69,10 +69,15 @@ def settle_once(ctx: SettleContext, now: datetime | None = None) -> list[int]:
     now = now or utcnow()
     since = now - timedelta(hours=ctx.settings.settle.lookback_hours)
     with ctx.factory() as session:
-        studies = session.execute(
-            select(Instance.study_instance_uid).where(Instance.received_at > since)
-            .group_by(Instance.study_instance_uid)
-        ).scalars().all()
+        studies = (
+            session.execute(
+                select(Instance.study_instance_uid)
+                .where(Instance.received_at > since)
+                .group_by(Instance.study_instance_uid)
+            )
+            .scalars()
+            .all()
+        )
     created = []
     for study_uid in studies:
         try:
@@ -104,7 +109,8 @@ def _arrivals(session: Session, ctx: SettleContext, study: Study, now: datetime)
         select(Association.outcome, Association.ended_at, Association.calling_ae)
         .join(Instance, Instance.association_id == Association.id)
         .where(Instance.study_instance_uid == study.study_instance_uid)
-        .order_by(Instance.received_at.desc()).limit(1)
+        .order_by(Instance.received_at.desc())
+        .limit(1)
     ).first()
     still_open = session.execute(
         select(func.count(func.distinct(Association.id)))
@@ -125,11 +131,13 @@ def _arrivals(session: Session, ctx: SettleContext, study: Study, now: datetime)
                     quiet = peer.quiet_seconds
         if now - last_at >= timedelta(seconds=quiet):
             signal = "quiet"
-    paths = tuple(session.execute(
-        select(Instance.path)
-        .join(Series, Series.series_instance_uid == Instance.series_instance_uid)
-        .where(Instance.study_instance_uid == study.study_instance_uid, Series.own_output.is_(False))
-    ).scalars())
+    paths = tuple(
+        session.execute(
+            select(Instance.path)
+            .join(Series, Series.series_instance_uid == Instance.series_instance_uid)
+            .where(Instance.study_instance_uid == study.study_instance_uid, Series.own_output.is_(False))
+        ).scalars()
+    )
     return Arrivals(key=key, last_instance_at=last_at, paths=paths, signal=signal)
 
 
@@ -156,42 +164,101 @@ def settle_study(ctx: SettleContext, study_uid: str, now: datetime) -> int | Non
 
     with ctx.factory() as session, session.begin():
         previous = session.execute(
-            select(Job.id).where(Job.study_instance_uid == study_uid, Job.model_version == ctx.model.version,
-                                 Job.weights_sha256 == ctx.model.weights_sha256)
-            .order_by(Job.created_at.desc(), Job.id.desc()).limit(1)
+            select(Job.id)
+            .where(
+                Job.study_instance_uid == study_uid,
+                Job.model_version == ctx.model.version,
+                Job.weights_sha256 == ctx.model.weights_sha256,
+            )
+            .order_by(Job.created_at.desc(), Job.id.desc())
+            .limit(1)
         ).scalar_one_or_none()
         signal = "late_series" if previous is not None else arrivals.signal
         job_id = _insert_job(session, ctx, study_uid, manifest, arrivals, signal, previous, now)
-        session.execute(update(Study).where(Study.study_instance_uid == study_uid)
-                        .values(settled_arrival_key=arrivals.key, settled_at=now))
+        session.execute(
+            update(Study)
+            .where(Study.study_instance_uid == study_uid)
+            .values(settled_arrival_key=arrivals.key, settled_at=now)
+        )
         if job_id is None:
             return None
-        session.add(JobEvent(job_id=job_id, at=now, from_state=None, to_state=JobState.PENDING.value,
-                             actor=ctx.actor, detail=f"settled by {arrivals.signal}"))
+        session.add(
+            JobEvent(
+                job_id=job_id,
+                at=now,
+                from_state=None,
+                to_state=JobState.PENDING.value,
+                actor=ctx.actor,
+                detail=f"settled by {arrivals.signal}",
+            )
+        )
         if previous is not None:
-            session.execute(update(Result).where(Result.job_id == previous)
-                            .values(superseded_by_job_id=job_id))
+            session.execute(
+                update(Result).where(Result.job_id == previous).values(superseded_by_job_id=job_id)
+            )
         if error is not None:
-            transition(session, job_id, expected=[JobState.PENDING], to=JobState.FAILED, actor=ctx.actor,
-                       detail="grouping", values={"error": error})
-    log.info("settle.job_created", extra={
-        "job": job_id, "study_instance_uid": study_uid, "signal": signal, "views": len(manifest.views),
-        "excluded": len(manifest.excluded), "supersedes": previous, "failed": error is not None})
+            transition(
+                session,
+                job_id,
+                expected=[JobState.PENDING],
+                to=JobState.FAILED,
+                actor=ctx.actor,
+                detail="grouping",
+                values={"error": error},
+            )
+    log.info(
+        "settle.job_created",
+        extra={
+            "job": job_id,
+            "study_instance_uid": study_uid,
+            "signal": signal,
+            "views": len(manifest.views),
+            "excluded": len(manifest.excluded),
+            "supersedes": previous,
+            "failed": error is not None,
+        },
+    )
     return job_id
 
 
-def _insert_job(session: Session, ctx: SettleContext, study_uid: str, manifest: Manifest,
-                arrivals: Arrivals, signal: str, previous: int | None, now: datetime) -> int | None:
+def _insert_job(
+    session: Session,
+    ctx: SettleContext,
+    study_uid: str,
+    manifest: Manifest,
+    arrivals: Arrivals,
+    signal: str,
+    previous: int | None,
+    now: datetime,
+) -> int | None:
     """Insert the job unless an identical one exists (another settler, or the same input)."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(Job).values(
-        study_instance_uid=study_uid, state=JobState.PENDING.value,
-        input_fingerprint=manifest.fingerprint(), manifest=manifest.to_json(), view_count=len(manifest.views),
-        model_name=ctx.model.name, model_version=ctx.model.version, weights_sha256=ctx.model.weights_sha256,
-        settle_signal=signal, supersedes_job_id=previous, attempts=0,
-        max_attempts=ctx.settings.worker.max_attempts, last_instance_at=arrivals.last_instance_at,
-        created_at=utcnow(),  # after grouping: queue time is time spent waiting for a worker
-    ).on_conflict_do_nothing(
-        index_elements=[Job.study_instance_uid, Job.input_fingerprint, Job.model_version, Job.weights_sha256]
-    ).returning(Job.id)
+    stmt = (
+        insert(Job)
+        .values(
+            study_instance_uid=study_uid,
+            state=JobState.PENDING.value,
+            input_fingerprint=manifest.fingerprint(),
+            manifest=manifest.to_json(),
+            view_count=len(manifest.views),
+            model_name=ctx.model.name,
+            model_version=ctx.model.version,
+            weights_sha256=ctx.model.weights_sha256,
+            settle_signal=signal,
+            supersedes_job_id=previous,
+            attempts=0,
+            max_attempts=ctx.settings.worker.max_attempts,
+            last_instance_at=arrivals.last_instance_at,
+            created_at=utcnow(),  # after grouping: queue time is time spent waiting for a worker
+        )
+        .on_conflict_do_nothing(
+            index_elements=[
+                Job.study_instance_uid,
+                Job.input_fingerprint,
+                Job.model_version,
+                Job.weights_sha256,
+            ]
+        )
+        .returning(Job.id)
+    )
     return session.execute(stmt).scalar_one_or_none()

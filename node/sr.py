@@ -65,8 +65,17 @@ _ALGORITHM_UID_NAMESPACE = uuid.UUID("8f0a3c52-0a5e-4c4f-9d8e-6d2b1f5e7a31")
 
 DocumentKind = Literal["basic", "comprehensive"]
 _SOP_CLASS: dict[str, UID] = {"basic": BasicTextSRStorage, "comprehensive": ComprehensiveSRStorage}
-_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-          "StudyDate", "StudyTime", "ReferringPhysicianName")
+_TYPE2 = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LINE_BREAK = re.compile(r"[\r\n\\]")
 _BULLET = re.compile(r"(\s*(?:[-*\u2022]|\d{1,3}[.)])\s+|\s*)")
@@ -156,8 +165,10 @@ class DeviceInfo:
         _uid(self.uid, "DeviceInfo.uid")
         _text(self.name, "DeviceInfo.name")
         if self.manufacturer != SR_MANUFACTURER:
-            raise ValueError(f"DeviceInfo.manufacturer must be {SR_MANUFACTURER!r} (the receiver "
-                             f"recognises our own SRs by it), got {self.manufacturer!r}")
+            raise ValueError(
+                f"DeviceInfo.manufacturer must be {SR_MANUFACTURER!r} (the receiver "
+                f"recognises our own SRs by it), got {self.manufacturer!r}"
+            )
         _text(self.model_name, "DeviceInfo.model_name")
         _text(self.software_version, "DeviceInfo.software_version")
         if self.station_name is not None:
@@ -239,8 +250,11 @@ def wrap_text(text: str, width: int = WRAP_WIDTH) -> str:
             continue
         lead = _BULLET.match(line)
         indent = " " * len(lead.group(1)) if lead else ""
-        out.extend(textwrap.wrap(line, width=width, subsequent_indent=indent, break_long_words=True,
-                                 break_on_hyphens=False))
+        out.extend(
+            textwrap.wrap(
+                line, width=width, subsequent_indent=indent, break_long_words=True, break_on_hyphens=False
+            )
+        )
     while out and not out[-1]:
         out.pop()
     return "\r\n".join(out)
@@ -277,16 +291,23 @@ def _evidence_header(evidence: Sequence[Dataset]) -> Dataset:
     return header
 
 
-def _content(findings_text: str, impression_text: str, findings: Sequence[CodedFinding],
-             device: DeviceInfo, algorithm: AlgorithmInfo, nested: bool) -> hd.sr.ContainerContentItem:
+def _content(
+    findings_text: str,
+    impression_text: str,
+    findings: Sequence[CodedFinding],
+    device: DeviceInfo,
+    algorithm: AlgorithmInfo,
+    nested: bool,
+) -> hd.sr.ContainerContentItem:
     """The TID 2000 tree. Every container is SEPARATE: with CONTINUOUS, viewers join the
     children into running prose and the coded findings run into the narrative."""
     findings_items: list[hd.sr.ContentItem] = [
         hd.sr.TextContentItem(FINDING, wrap_text(findings_text), relationship_type="CONTAINS")
     ]
     for finding in findings:
-        code = hd.sr.CodeContentItem(finding.concept, PRESENT if finding.present else ABSENT,
-                                     relationship_type="CONTAINS")
+        code = hd.sr.CodeContentItem(
+            finding.concept, PRESENT if finding.present else ABSENT, relationship_type="CONTAINS"
+        )
         value = f"{finding.probability:.3f}"
         findings_items.append(code)
         if nested:
@@ -294,23 +315,34 @@ def _content(findings_text: str, impression_text: str, findings: Sequence[CodedF
             code.ContentSequence = hd.sr.ContentSequence([probability])
         else:
             findings_items.append(hd.sr.TextContentItem(PROBABILITY, value, "CONTAINS"))
-    findings_section = hd.sr.ContainerContentItem(FINDINGS, is_content_continuous=False,
-                                                  relationship_type="CONTAINS")
+    findings_section = hd.sr.ContainerContentItem(
+        FINDINGS, is_content_continuous=False, relationship_type="CONTAINS"
+    )
     findings_section.ContentSequence = hd.sr.ContentSequence(findings_items)
-    impressions_section = hd.sr.ContainerContentItem(IMPRESSIONS, is_content_continuous=False,
-                                                     relationship_type="CONTAINS")
+    impressions_section = hd.sr.ContainerContentItem(
+        IMPRESSIONS, is_content_continuous=False, relationship_type="CONTAINS"
+    )
     impressions_section.ContentSequence = hd.sr.ContentSequence(
-        [hd.sr.TextContentItem(IMPRESSION, wrap_text(impression_text), relationship_type="CONTAINS")])
-    observer = hd.sr.ObserverContext(codes.cid270.Device, hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=device.uid, name=device.name, manufacturer_name=device.manufacturer,
-        model_name=algorithm.observer_model_name))
+        [hd.sr.TextContentItem(IMPRESSION, wrap_text(impression_text), relationship_type="CONTAINS")]
+    )
+    observer = hd.sr.ObserverContext(
+        codes.cid270.Device,
+        hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device.uid,
+            name=device.name,
+            manufacturer_name=device.manufacturer,
+            model_name=algorithm.observer_model_name,
+        ),
+    )
     root = hd.sr.ContainerContentItem(DOCUMENT_TITLE, is_content_continuous=False, template_id="2000")
-    root.ContentSequence = hd.sr.ContentSequence([
-        *hd.sr.LanguageOfContentItemAndDescendants(LANGUAGE_EN_US),
-        *hd.sr.ObservationContext(observer_device_context=observer),
-        findings_section,
-        impressions_section,
-    ])
+    root.ContentSequence = hd.sr.ContentSequence(
+        [
+            *hd.sr.LanguageOfContentItemAndDescendants(LANGUAGE_EN_US),
+            *hd.sr.ObservationContext(observer_device_context=observer),
+            findings_section,
+            impressions_section,
+        ]
+    )
     return root
 
 
@@ -329,8 +361,10 @@ def _algorithm_equipment(algorithm: AlgorithmInfo, when: datetime) -> Dataset:
     item.DeviceSerialNumber = algorithm.weights_sha256
     item.DeviceUID = algorithm.device_uid
     item.ContributionDateTime = DT(when)
-    item.ContributionDescription = (f"{algorithm.name} {algorithm.version} wrote the report text and "
-                                    f"coded findings; weights SHA-256 {algorithm.weights_sha256}")
+    item.ContributionDescription = (
+        f"{algorithm.name} {algorithm.version} wrote the report text and "
+        f"coded findings; weights SHA-256 {algorithm.weights_sha256}"
+    )
     return item
 
 
@@ -387,17 +421,29 @@ def build_report_sr(
     content_datetime = datetime.now() if content_datetime is None else content_datetime
     _typed(content_datetime, datetime, "content_datetime")
 
-    ours = [findings_text, impression_text, series_description, institution_name or "", device.name,
-            algorithm.name, algorithm.version, *(f.code_meaning for f in findings)]
+    ours = [
+        findings_text,
+        impression_text,
+        series_description,
+        institution_name or "",
+        device.name,
+        algorithm.name,
+        algorithm.version,
+        *(f.code_meaning for f in findings),
+    ]
     # UTF-8 when our text needs it: the copied patient/study values are decoded str and re-encode.
     charset = header.get("SpecificCharacterSet") if all(s.isascii() for s in ours) else "ISO_IR 192"
     schemes = sorted({"99IHE", *(f.coding_scheme for f in findings if f.coding_scheme.startswith("99"))})
     node_equipment = hd.ContributingEquipment(
-        manufacturer=SR_MANUFACTURER, purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=device.model_name, software_versions=device.software_version,
-        station_name=device.station_name, institution_name=institution_name,
+        manufacturer=SR_MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=device.model_name,
+        software_versions=device.software_version,
+        station_name=device.station_name,
+        institution_name=institution_name,
         contribution_datetime=content_datetime,
-        contribution_description="Ran the model on the source study and wrote this report")
+        contribution_description="Ran the model on the source study and wrote this report",
+    )
     node_equipment.DeviceUID = device.uid
     previous = None
     if replaces is not None:
@@ -410,26 +456,41 @@ def build_report_sr(
 
     # highdicom has no Basic Text SR class; the tree holds only value types and relationships
     # that Basic Text allows, so it is built as Comprehensive and given the Basic SOP Class.
-    content = _content(findings_text, impression_text, findings, device, algorithm,
-                       nested=document == "comprehensive")
+    content = _content(
+        findings_text, impression_text, findings, device, algorithm, nested=document == "comprehensive"
+    )
     try:
         sr = hd.sr.ComprehensiveSR(
-            evidence=[header, *evidence[1:]], content=content,
-            series_instance_uid=series_instance_uid, series_number=series_number,
-            sop_instance_uid=sop_instance_uid, instance_number=instance_number,
-            is_complete=True, is_final=False, is_verified=False,  # COMPLETE, PRELIMINARY, UNVERIFIED
-            manufacturer=SR_MANUFACTURER, manufacturer_model_name=device.model_name,
-            software_versions=device.software_version, institution_name=institution_name,
-            previous_versions=previous, contributing_equipment=[node_equipment],
-            series_description=series_description, specific_character_set=charset,
-            content_date=content_datetime.date(), content_time=content_datetime.time(),
-            series_date=content_datetime.date(), series_time=content_datetime.time(),
-            coding_schemes=[CodingSchemeIdentificationItem(designator=s, name=_SCHEME_NAMES.get(s, s))
-                            for s in schemes],
+            evidence=[header, *evidence[1:]],
+            content=content,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,  # COMPLETE, PRELIMINARY, UNVERIFIED
+            manufacturer=SR_MANUFACTURER,
+            manufacturer_model_name=device.model_name,
+            software_versions=device.software_version,
+            institution_name=institution_name,
+            previous_versions=previous,
+            contributing_equipment=[node_equipment],
+            series_description=series_description,
+            specific_character_set=charset,
+            content_date=content_datetime.date(),
+            content_time=content_datetime.time(),
+            series_date=content_datetime.date(),
+            series_time=content_datetime.time(),
+            coding_schemes=[
+                CodingSchemeIdentificationItem(designator=s, name=_SCHEME_NAMES.get(s, s)) for s in schemes
+            ],
         )
     except KeyError as exc:  # highdicom looks up the IOD of the first instance's SOP Class
-        raise ValueError(f"evidence[0] has SOP Class {evidence[0].SOPClassUID}, not a standard IOD "
-                         "that patient/study can be copied from") from exc
+        raise ValueError(
+            f"evidence[0] has SOP Class {evidence[0].SOPClassUID}, not a standard IOD "
+            "that patient/study can be copied from"
+        ) from exc
     out = Dataset(sr)  # a plain Dataset: callers need no highdicom class, and Basic has none
     out.preamble = sr.preamble
     out.file_meta = sr.file_meta

@@ -39,11 +39,14 @@ class SrValidatorMissingError(SrValidationError):
 def _run(tool: Path, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     if not tool.is_file():
         package = "dicom3tools" if tool.name == "dciodvfy" else "dcmtk"
-        raise SrValidatorMissingError(f"SR validator {tool} is missing: install the Debian package "
-                                      f"{package} (apt-get install {package})")
+        raise SrValidatorMissingError(
+            f"SR validator {tool} is missing: install the Debian package "
+            f"{package} (apt-get install {package})"
+        )
     try:
-        return subprocess.run([str(tool), *args], capture_output=True, text=True, errors="replace",
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            [str(tool), *args], capture_output=True, text=True, errors="replace", timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise SrValidationError(f"{tool.name} did not finish within {timeout:.0f} s") from exc
     except OSError as exc:
@@ -54,8 +57,9 @@ def _lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return [line.strip() for line in (proc.stderr + "\n" + proc.stdout).splitlines() if line.strip()]
 
 
-def validate_sr(path: Path, *, dciodvfy: Path = DCIODVFY, dsrdump: Path = DSRDUMP,
-                timeout: float = TIMEOUT_SECONDS) -> list[str]:
+def validate_sr(
+    path: Path, *, dciodvfy: Path = DCIODVFY, dsrdump: Path = DSRDUMP, timeout: float = TIMEOUT_SECONDS
+) -> list[str]:
     """Run dciodvfy and dsrdump on a Part 10 SR file; return their warnings.
 
     Raises :class:`SrValidationError` listing every error line when dciodvfy reports an

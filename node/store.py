@@ -12,6 +12,7 @@ thing a remote peer controls in our file names.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -159,7 +160,5 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _unlink_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    except FileNotFoundError:
-        pass

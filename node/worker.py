@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
@@ -82,18 +81,32 @@ def load_generator(settings: Settings, model: ModelIdentity) -> ReportGenerator:
         torch.set_num_threads(settings.model.cpu_threads)
     started = time.perf_counter()
     generator = ReportGenerator.from_pretrained(model.path, device=device)
-    log.info("worker.model_loaded", extra={"model": model.name, "version": model.version, "device": device,
-                                           "seconds": round(time.perf_counter() - started, 2)})
+    log.info(
+        "worker.model_loaded",
+        extra={
+            "model": model.name,
+            "version": model.version,
+            "device": device,
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+    )
     return generator
 
 
-def build_context(settings: Settings, factory: sessionmaker[Session], store: InstanceStore,
-                  model: ModelIdentity) -> WorkerContext:
+def build_context(
+    settings: Settings, factory: sessionmaker[Session], store: InstanceStore, model: ModelIdentity
+) -> WorkerContext:
     import node.sr  # noqa: F401  (highdicom's import takes a second: pay it at start, not in the first job)
 
-    return WorkerContext(settings=settings, factory=factory, store=store, model=model,
-                         name=worker_name(settings.worker.name), generator=load_generator(settings, model),
-                         codes=finding_codes(model.path))
+    return WorkerContext(
+        settings=settings,
+        factory=factory,
+        store=store,
+        model=model,
+        name=worker_name(settings.worker.name),
+        generator=load_generator(settings, model),
+        codes=finding_codes(model.path),
+    )
 
 
 def run_worker(ctx: WorkerContext) -> None:
@@ -124,8 +137,15 @@ def run_one(ctx: WorkerContext) -> bool:
             return True
         with ctx.factory() as session, session.begin():
             session.add(outcome.result)
-            transition(session, job_id, expected=[JobState.RUNNING], to=JobState.SUCCEEDED, actor=ctx.name,
-                       worker=ctx.name, values=outcome.timings)
+            transition(
+                session,
+                job_id,
+                expected=[JobState.RUNNING],
+                to=JobState.SUCCEEDED,
+                actor=ctx.name,
+                worker=ctx.name,
+                values=outcome.timings,
+            )
             schedule_first_attempts(session, job_id, ctx.settings.delivery.destinations)
         log.info("worker.succeeded", extra={"job": job_id, **outcome.timings})
         if ctx.on_succeeded is not None:
@@ -149,9 +169,16 @@ def _fail(ctx: WorkerContext, job_id: int, error: str, *, retry: bool) -> None:
             return
         again = retry and job.attempts < job.max_attempts
         try:
-            transition(session, job_id, expected=[JobState.RUNNING],
-                       to=JobState.PENDING if again else JobState.FAILED, actor=ctx.name, worker=ctx.name,
-                       detail=error[:500], values={"error": error, **({"worker": None} if again else {})})
+            transition(
+                session,
+                job_id,
+                expected=[JobState.RUNNING],
+                to=JobState.PENDING if again else JobState.FAILED,
+                actor=ctx.name,
+                worker=ctx.name,
+                detail=error[:500],
+                values={"error": error, **({"worker": None} if again else {})},
+            )
         except StaleJobState:
             return
     log.warning("worker.failed", extra={"job": job_id, "error": error, "will_retry": again})
@@ -163,8 +190,9 @@ class _Outcome:
     timings: dict[str, Any]
 
 
-def _process(ctx: WorkerContext, job_id: int, attempt: int, manifest: Manifest,
-             supersedes: int | None) -> _Outcome:
+def _process(
+    ctx: WorkerContext, job_id: int, attempt: int, manifest: Manifest, supersedes: int | None
+) -> _Outcome:
     from models.msvlm.processing_msvlm import ViewInput
     from node.sr import AlgorithmInfo, CodedFinding, DeviceInfo, build_report_sr, sr_uids
     from node.srcheck import validate_sr
@@ -175,29 +203,53 @@ def _process(ctx: WorkerContext, job_id: int, attempt: int, manifest: Manifest,
         volume = load_view(view, root=ctx.store.root, settings=ctx.settings.volume)
         views.append(ViewInput(pixels=volume.pixels, modality=view.modality, view_key=view.key))  # type: ignore[arg-type]
     loaded = time.perf_counter()
-    output = ctx.generator.generate_report(views, max_new_tokens=ctx.settings.model.max_new_tokens,
-                                           num_beams=ctx.settings.model.num_beams)
+    output = ctx.generator.generate_report(
+        views, max_new_tokens=ctx.settings.model.max_new_tokens, num_beams=ctx.settings.model.num_beams
+    )
     inferred = time.perf_counter()
     del views
 
     findings_text, impression_text = split_report(output.text)
-    coded = [CodedFinding(key=key, display=code.display, code_value=code.code_value,
-                          coding_scheme=code.coding_scheme, code_meaning=code.code_meaning,
-                          probability=float(probability), present=probability >= 0.5)
-             for key, probability in output.findings.items() if (code := ctx.codes.get(key)) is not None]
+    coded = [
+        CodedFinding(
+            key=key,
+            display=code.display,
+            code_value=code.code_value,
+            coding_scheme=code.coding_scheme,
+            code_meaning=code.code_meaning,
+            probability=float(probability),
+            present=probability >= 0.5,
+        )
+        for key, probability in output.findings.items()
+        if (code := ctx.codes.get(key)) is not None
+    ]
     evidence = _evidence(ctx, manifest)
     series_uid, sop_uid = sr_uids(ctx.settings.node.uid_prefix, job_id, attempt)
     replaces = _replaced_document(ctx, supersedes)
     dataset = build_report_sr(
-        evidence=evidence, findings_text=findings_text, impression_text=impression_text, findings=coded,
-        series_instance_uid=series_uid, sop_instance_uid=sop_uid, series_number=9901, instance_number=1,
-        device=DeviceInfo(uid=device_uid(ctx.settings), name=ctx.settings.node.ae_title,
-                          manufacturer="msvlm-node", model_name=f"{ctx.model.name} {ctx.model.version}",
-                          software_version=_software_version()),
-        algorithm=AlgorithmInfo(name=ctx.model.name, version=ctx.model.version,
-                                weights_sha256=ctx.model.weights_sha256),
-        document=ctx.settings.report.document, series_description=ctx.settings.report.series_description,
-        institution_name=ctx.settings.report.institution_name, replaces=replaces)
+        evidence=evidence,
+        findings_text=findings_text,
+        impression_text=impression_text,
+        findings=coded,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        series_number=9901,
+        instance_number=1,
+        device=DeviceInfo(
+            uid=device_uid(ctx.settings),
+            name=ctx.settings.node.ae_title,
+            manufacturer="msvlm-node",
+            model_name=f"{ctx.model.name} {ctx.model.version}",
+            software_version=_software_version(),
+        ),
+        algorithm=AlgorithmInfo(
+            name=ctx.model.name, version=ctx.model.version, weights_sha256=ctx.model.weights_sha256
+        ),
+        document=ctx.settings.report.document,
+        series_description=ctx.settings.report.series_description,
+        institution_name=ctx.settings.report.institution_name,
+        replaces=replaces,
+    )
     relative = ctx.store.relative_path(manifest.study_instance_uid, series_uid, sop_uid)
     temp = ctx.store.root / (relative + ".check.dcm")
     temp.parent.mkdir(parents=True, exist_ok=True)
@@ -209,15 +261,35 @@ def _process(ctx: WorkerContext, job_id: int, attempt: int, manifest: Manifest,
     finally:
         temp.unlink(missing_ok=True)
     reported = time.perf_counter()
-    findings_json = json.dumps([
-        {"key": f.key, "display": f.display, "code": f"{f.coding_scheme}:{f.code_value}",
-         "present": f.present, "probability": round(f.probability, 4)} for f in coded])
-    result = Result(job_id=job_id, report_text=findings_text, impression_text=impression_text,
-                    findings=findings_json, sr_sop_instance_uid=sop_uid, sr_series_instance_uid=series_uid,
-                    sr_path=relative)
-    return _Outcome(result=result, timings={
-        "load_seconds": round(loaded - started, 3), "infer_seconds": round(inferred - loaded, 3),
-        "report_seconds": round(reported - inferred, 3)})
+    findings_json = json.dumps(
+        [
+            {
+                "key": f.key,
+                "display": f.display,
+                "code": f"{f.coding_scheme}:{f.code_value}",
+                "present": f.present,
+                "probability": round(f.probability, 4),
+            }
+            for f in coded
+        ]
+    )
+    result = Result(
+        job_id=job_id,
+        report_text=findings_text,
+        impression_text=impression_text,
+        findings=findings_json,
+        sr_sop_instance_uid=sop_uid,
+        sr_series_instance_uid=series_uid,
+        sr_path=relative,
+    )
+    return _Outcome(
+        result=result,
+        timings={
+            "load_seconds": round(loaded - started, 3),
+            "infer_seconds": round(inferred - loaded, 3),
+            "report_seconds": round(reported - inferred, 3),
+        },
+    )
 
 
 def _evidence(ctx: WorkerContext, manifest: Manifest) -> list[Dataset]:
@@ -227,14 +299,22 @@ def _evidence(ctx: WorkerContext, manifest: Manifest) -> list[Dataset]:
     it); the others need just their UIDs, which the ledger has — reading 300
     headers again would cost more than the whole SR.
     """
-    refs = {ref.sop_instance_uid: (view.series_instance_uid, ref.path)
-            for view in manifest.views for ref in view.slices}
+    refs = {
+        ref.sop_instance_uid: (view.series_instance_uid, ref.path)
+        for view in manifest.views
+        for ref in view.slices
+    }
     with ctx.factory() as session:
-        classes = dict(session.execute(select(Instance.sop_instance_uid, Instance.sop_class_uid)
-                                       .where(Instance.study_instance_uid == manifest.study_instance_uid)).all())
+        classes = dict(
+            session.execute(
+                select(Instance.sop_instance_uid, Instance.sop_class_uid).where(
+                    Instance.study_instance_uid == manifest.study_instance_uid
+                )
+            ).all()
+        )
     ordered = sorted(refs)
     first = dcmread(ctx.store.root / refs[ordered[0]][1], stop_before_pixels=True)
-    evidence = [first]
+    evidence: list[Dataset] = [first]
     for sop in ordered[1:]:
         item = Dataset()
         item.StudyInstanceUID = manifest.study_instance_uid
@@ -259,8 +339,9 @@ def tidy_sentences(text: str) -> str:
     is read by people.
     """
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
-    text = _ACRONYMS.sub(lambda m: m.group(1).upper() if m.group(1).lower() in _UPPER else m.group(1).lower(),
-                         text)
+    text = _ACRONYMS.sub(
+        lambda m: m.group(1).upper() if m.group(1).lower() in _UPPER else m.group(1).lower(), text
+    )
     return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
 
 
@@ -270,7 +351,7 @@ def split_report(text: str) -> tuple[str, str]:
     current = "findings"
     position = 0
     for match in _HEADING.finditer(text):
-        sections[current] += text[position:match.start()]
+        sections[current] += text[position : match.start()]
         current, position = match.group(1).lower(), match.end()
     sections[current] += text[position:]
     findings = tidy_sentences(sections["findings"]) or "No findings text was generated."
@@ -297,13 +378,19 @@ def _replaced_document(ctx: WorkerContext, supersedes: int | None) -> Any:
     if supersedes is None:
         return None
     with ctx.factory() as session:
-        row = session.execute(select(Result.sr_series_instance_uid, Result.sr_sop_instance_uid, Job.study_instance_uid)
-                              .join(Job, Job.id == Result.job_id).where(Result.job_id == supersedes)).first()
+        row = session.execute(
+            select(Result.sr_series_instance_uid, Result.sr_sop_instance_uid, Job.study_instance_uid)
+            .join(Job, Job.id == Result.job_id)
+            .where(Result.job_id == supersedes)
+        ).first()
     if row is None:
         return None
-    return ReplacedDocument(study_instance_uid=row.study_instance_uid, series_instance_uid=row.sr_series_instance_uid,
-                            sop_class_uid=SR_DOCUMENT_SOP_CLASS[ctx.settings.report.document],
-                            sop_instance_uid=row.sr_sop_instance_uid)
+    return ReplacedDocument(
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.sr_series_instance_uid,
+        sop_class_uid=SR_DOCUMENT_SOP_CLASS[ctx.settings.report.document],
+        sop_instance_uid=row.sr_sop_instance_uid,
+    )
 
 
 class _LeaseGuard(threading.Thread):
@@ -325,11 +412,16 @@ class _LeaseGuard(threading.Thread):
         while not self.done.wait(settings.lease_seconds / 3):
             if time.monotonic() > self.deadline:
                 self.timed_out = True
-                _fail(self.ctx, self.job_id, f"time limit of {settings.job_timeout_seconds:.0f} s exceeded",
-                      retry=False)
+                _fail(
+                    self.ctx,
+                    self.job_id,
+                    f"time limit of {settings.job_timeout_seconds:.0f} s exceeded",
+                    retry=False,
+                )
                 return
             with self.ctx.factory() as session, session.begin():
-                if not renew_lease(session, self.job_id, worker=self.ctx.name,
-                                   lease_seconds=settings.lease_seconds):
+                if not renew_lease(
+                    session, self.job_id, worker=self.ctx.name, lease_seconds=settings.lease_seconds
+                ):
                     log.warning("worker.lease_lost", extra={"job": self.job_id})
                     return

@@ -32,7 +32,7 @@ def upgrade() -> None:
         SELECT j.id AS job_id, j.state, j.study_instance_uid, st.accession_number, st.study_date,
                j.view_count, j.settle_signal, j.attempts, j.worker, j.created_at, j.started_at,
                j.finished_at, j.error, j.model_name, j.model_version,
-               {s('j.finished_at', 'j.last_instance_at')} AS turnaround_seconds,
+               {s("j.finished_at", "j.last_instance_at")} AS turnaround_seconds,
                (SELECT COUNT(*) FROM deliveries d WHERE d.job_id = j.id AND d.state = 'succeeded')
                    AS deliveries_succeeded,
                (SELECT COUNT(*) FROM deliveries d WHERE d.job_id = j.id AND d.state = 'failed')
@@ -59,14 +59,18 @@ def upgrade() -> None:
                j.started_at, j.finished_at,
                (SELECT MIN(d.finished_at) FROM deliveries d WHERE d.job_id = j.id AND d.state = 'succeeded')
                    AS first_delivered_at,
-               {s('j.created_at', 'j.last_instance_at')} AS settle_seconds,
-               {s('j.started_at', 'j.created_at')} AS queue_seconds,
+               {s("j.created_at", "j.last_instance_at")} AS settle_seconds,
+               {s("j.started_at", "j.created_at")} AS queue_seconds,
                j.load_seconds, j.infer_seconds, j.report_seconds,
-               {s('(SELECT MIN(d.finished_at) FROM deliveries d WHERE d.job_id = j.id AND d.state = '
-                  "'succeeded')", 'j.last_instance_at')} AS last_image_to_sr_seconds
+               {
+        s(
+            "(SELECT MIN(d.finished_at) FROM deliveries d WHERE d.job_id = j.id AND d.state = 'succeeded')",
+            "j.last_instance_at",
+        )
+    } AS last_image_to_sr_seconds
         FROM jobs j WHERE j.state = 'succeeded'
     """)
-    op.execute(f"""
+    op.execute("""
         CREATE VIEW v_studies_waiting AS
         SELECT st.study_instance_uid, st.accession_number, MAX(i.received_at) AS last_received_at,
                COUNT(i.id) AS instances, st.settled_at,

@@ -32,8 +32,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("retention_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_retention_events_at"), ["at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_retention_events_study_instance_uid"), ["study_instance_uid"],
-                              unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_retention_events_study_instance_uid"), ["study_instance_uid"], unique=False
+        )
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("purged_at", node.schema.UTCDateTime(timezone=True), nullable=True))
     with op.batch_alter_table("results", schema=None) as batch_op:

@@ -21,4 +21,3 @@ def pacs(tmp_path: Path) -> Iterator[StoreScp]:
     scp = StoreScp(tmp_path / "pacs").start()
     yield scp
     scp.stop()
-

@@ -34,8 +34,9 @@ from tests.support.pipeline import (
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
 
-def test_study_to_validated_sr_at_the_pacs(node_factory: Callable[..., NodeProcess], tiny_model: Path,
-                                           pacs: StoreScp, tmp_path: Path) -> None:
+def test_study_to_validated_sr_at_the_pacs(
+    node_factory: Callable[..., NodeProcess], tiny_model: Path, pacs: StoreScp, tmp_path: Path
+) -> None:
     node = pipeline_node(node_factory, tiny_model, pacs.port).start()
     files = phantom(tmp_path, seed=11)
     send(node, files)
@@ -52,8 +53,12 @@ def test_study_to_validated_sr_at_the_pacs(node_factory: Callable[..., NodeProce
     detail = cli(node, "jobs", "show", str(job["id"]))
     manifest = Manifest.model_validate(detail["manifest"])
     used = {ref.sop_instance_uid for view in manifest.views for ref in view.slices}
-    referenced = {inst.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
-                  for series in study.ReferencedSeriesSequence for inst in series.ReferencedSOPSequence}
+    referenced = {
+        inst.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for inst in series.ReferencedSOPSequence
+    }
     assert referenced == used
     assert sr.StudyInstanceUID == manifest.study_instance_uid
     assert detail["result"]["sr_sop_instance_uid"] == sr.SOPInstanceUID
@@ -107,36 +112,48 @@ def _run_documented_queries(url: str) -> None:
     assert ran >= 5
 
 
-def test_destination_down_then_up_gets_the_sr(node_factory: Callable[..., NodeProcess], tiny_model: Path,
-                                              tmp_path: Path) -> None:
+def test_destination_down_then_up_gets_the_sr(
+    node_factory: Callable[..., NodeProcess], tiny_model: Path, tmp_path: Path
+) -> None:
     down = StoreScp(tmp_path / "late-pacs")  # not started yet: the port refuses connections
     node = pipeline_node(node_factory, tiny_model, down.port).start()
     send(node, phantom(tmp_path, seed=12))
-    wait_for(lambda: ledger(node.database_url, select(Delivery.id).where(Delivery.state == "failed")), 120,
-             "a failed delivery attempt", node)
+    wait_for(
+        lambda: ledger(node.database_url, select(Delivery.id).where(Delivery.state == "failed")),
+        120,
+        "a failed delivery attempt",
+        node,
+    )
     down.start()
     try:
         wait_for(down.files, 60, "the SR after the destination came back", node)
     finally:
         down.stop()
-    rows = ledger(node.database_url, select(Delivery.attempt, Delivery.state, Delivery.error).order_by(Delivery.attempt))
+    rows = ledger(
+        node.database_url, select(Delivery.attempt, Delivery.state, Delivery.error).order_by(Delivery.attempt)
+    )
     assert rows[-1].state == "succeeded" and rows[0].state == "failed"
     assert "cannot reach PACS@127.0.0.1" in rows[0].error
     failures = ledger(node.database_url, text("SELECT kind, reason FROM v_failures"))
     assert failures and all(kind == "delivery" for kind, _ in failures)
 
 
-
-
-def test_killed_worker_job_is_finished_by_another(node_factory: Callable[..., NodeProcess], tiny_model: Path,
-                                                  pacs: StoreScp, tmp_path: Path) -> None:
+def test_killed_worker_job_is_finished_by_another(
+    node_factory: Callable[..., NodeProcess], tiny_model: Path, pacs: StoreScp, tmp_path: Path
+) -> None:
     node = pipeline_node(node_factory, tiny_model, pacs.port, roles=("receiver", "scheduler")).start()
     send(node, phantom(tmp_path, seed=13, planes=("axial", "coronal"), matrix=192, slices=64))
-    wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "pending")), 60, "a job", node)
+    wait_for(
+        lambda: ledger(node.database_url, select(Job.id).where(Job.state == "pending")), 60, "a job", node
+    )
     first = start_worker(node, "worker-a")
     try:
-        wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "running")), 120,
-                 "worker-a to claim the job", node)
+        wait_for(
+            lambda: ledger(node.database_url, select(Job.id).where(Job.state == "running")),
+            120,
+            "worker-a to claim the job",
+            node,
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     finally:
@@ -147,8 +164,12 @@ def test_killed_worker_job_is_finished_by_another(node_factory: Callable[..., No
         pytest.fail("worker-a finished before it could be killed; make the study larger")
     second = start_worker(node, "worker-b")
     try:
-        wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "succeeded")), 180,
-                 "worker-b to finish the job", node)
+        wait_for(
+            lambda: ledger(node.database_url, select(Job.id).where(Job.state == "succeeded")),
+            180,
+            "worker-b to finish the job",
+            node,
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
@@ -160,25 +181,48 @@ def test_killed_worker_job_is_finished_by_another(node_factory: Callable[..., No
     wait_for(pacs.files, 60, "the SR", node)
 
 
-def test_two_workers_run_each_of_ten_jobs_exactly_once(node_factory: Callable[..., NodeProcess],
-                                                       tiny_model: Path, pacs: StoreScp, tmp_path: Path) -> None:
+def test_two_workers_run_each_of_ten_jobs_exactly_once(
+    node_factory: Callable[..., NodeProcess], tiny_model: Path, pacs: StoreScp, tmp_path: Path
+) -> None:
     node = pipeline_node(node_factory, tiny_model, pacs.port, roles=("receiver", "scheduler")).start()
     for seed in range(20, 30):
-        send(node, phantom(tmp_path, seed=seed, phases=("non_contrast",), matrix=32, slices=12,
-                           include_localizer=False, include_dose_report=False, include_oblique=False))
+        send(
+            node,
+            phantom(
+                tmp_path,
+                seed=seed,
+                phases=("non_contrast",),
+                matrix=32,
+                slices=12,
+                include_localizer=False,
+                include_dose_report=False,
+                include_oblique=False,
+            ),
+        )
     wait_for(lambda: len(ledger(node.database_url, select(Job.id))) == 10, 60, "ten jobs", node)
     workers = [start_worker(node, "worker-1"), start_worker(node, "worker-2")]
     try:
-        wait_for(lambda: ledger(node.database_url, select(func.count()).select_from(Job)
-                                .where(Job.state == "succeeded"))[0][0] == 10, 300, "ten succeeded jobs", node)
+        wait_for(
+            lambda: (
+                ledger(
+                    node.database_url, select(func.count()).select_from(Job).where(Job.state == "succeeded")
+                )[0][0]
+                == 10
+            ),
+            300,
+            "ten succeeded jobs",
+            node,
+        )
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
         for w in workers:
             w.wait(timeout=60)
     assert {row.attempts for row in ledger(node.database_url, select(Job.attempts))} == {1}
-    runs = ledger(node.database_url, select(JobEvent.job_id, func.count()).where(JobEvent.to_state == "running")
-                  .group_by(JobEvent.job_id))
+    runs = ledger(
+        node.database_url,
+        select(JobEvent.job_id, func.count()).where(JobEvent.to_state == "running").group_by(JobEvent.job_id),
+    )
     assert sorted(n for _, n in runs) == [1] * 10
     assert ledger(node.database_url, select(func.count()).select_from(Result))[0][0] == 10
     wait_for(lambda: len(pacs.files()) == 10, 60, "ten SRs at the PACS", node)
@@ -191,8 +235,14 @@ def test_corrupt_pixel_data_fails_that_job_and_the_next_study_still_processes(
     from pydicom.uid import RLELossless
 
     node = pipeline_node(node_factory, tiny_model, pacs.port).start()
-    files = phantom(tmp_path, seed=14, phases=("non_contrast",), include_localizer=False,
-                    include_dose_report=False, include_oblique=False)
+    files = phantom(
+        tmp_path,
+        seed=14,
+        phases=("non_contrast",),
+        include_localizer=False,
+        include_dose_report=False,
+        include_oblique=False,
+    )
     corrupted = tmp_path / "corrupt"
     corrupted.mkdir()
     broken = []
@@ -206,12 +256,20 @@ def test_corrupt_pixel_data_fails_that_job_and_the_next_study_still_processes(
         ds.save_as(out, enforce_file_format=True)
         broken.append(out)
     send(node, broken, "-xr")  # propose RLE: keep the files as they are
-    failed = wait_for(lambda: ledger(node.database_url, select(Job.id, Job.error).where(Job.state == "failed")),
-                      120, "the corrupt study's job to fail", node)
+    failed = wait_for(
+        lambda: ledger(node.database_url, select(Job.id, Job.error).where(Job.state == "failed")),
+        120,
+        "the corrupt study's job to fail",
+        node,
+    )
     assert len(failed) == 1 and failed[0].error
     assert "decode" in failed[0].error.lower() or "pixel" in failed[0].error.lower()
     send(node, phantom(tmp_path, seed=15))
-    wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "succeeded")), 120,
-             "the next study to succeed", node)
+    wait_for(
+        lambda: ledger(node.database_url, select(Job.id).where(Job.state == "succeeded")),
+        120,
+        "the next study to succeed",
+        node,
+    )
     [(kind, reason)] = ledger(node.database_url, text("SELECT kind, reason FROM v_failures"))
     assert kind == "job" and reason == failed[0].error

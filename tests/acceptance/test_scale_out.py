@@ -26,30 +26,74 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 def test_two_receivers_three_workers_twenty_studies_one_worker_killed(
     node_factory: Callable[..., NodeProcess], tiny_model: Path, pacs: StoreScp, tmp_path: Path
 ) -> None:
-    node = pipeline_node(node_factory, tiny_model, pacs.port, roles=("receiver", "scheduler"),
-                         extra={"node": {"receivers": 2}}).start()
-    studies = [phantom(tmp_path, seed=100 + i, phases=("non_contrast",), matrix=32, slices=12,
-                       include_localizer=False, include_dose_report=False, include_oblique=False)
-               for i in range(20)]
+    node = pipeline_node(
+        node_factory, tiny_model, pacs.port, roles=("receiver", "scheduler"), extra={"node": {"receivers": 2}}
+    ).start()
+    studies = [
+        phantom(
+            tmp_path,
+            seed=100 + i,
+            phases=("non_contrast",),
+            matrix=32,
+            slices=12,
+            include_localizer=False,
+            include_dose_report=False,
+            include_oblique=False,
+        )
+        for i in range(20)
+    ]
     workers = {name: start_worker(node, name) for name in ("w1", "w2", "w3")}
     senders = []
     for k in range(4):  # 4 parallel storescu processes, 5 studies each (one association per study)
         script = " && ".join(
-            " ".join([dcmtk.tool("storescu"), "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port),
-                      *map(str, files)]) for files in studies[k::4])
-        senders.append(subprocess.Popen(["bash", "-c", script], env=dcmtk.env(), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True))
+            " ".join(
+                [
+                    dcmtk.tool("storescu"),
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "MSVLM",
+                    "127.0.0.1",
+                    str(node.port),
+                    *map(str, files),
+                ]
+            )
+            for files in studies[k::4]
+        )
+        senders.append(
+            subprocess.Popen(
+                ["bash", "-c", script],
+                env=dcmtk.env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         for sender in senders:
             _, err = sender.communicate(timeout=300)
             assert sender.returncode == 0, err
         # kill one worker as soon as it has a job in hand
-        wait_for(lambda: ledger(node.database_url, select(Job.id).where(Job.state == "running",
-                                                                         Job.worker == "w2")),
-                 300, "w2 to claim a job", node)
+        wait_for(
+            lambda: ledger(
+                node.database_url, select(Job.id).where(Job.state == "running", Job.worker == "w2")
+            ),
+            300,
+            "w2 to claim a job",
+            node,
+        )
         workers["w2"].send_signal(signal.SIGKILL)
-        wait_for(lambda: ledger(node.database_url, select(func.count()).select_from(Job)
-                                .where(Job.state == "succeeded"))[0][0] == 20, 600, "20 succeeded jobs", node)
+        wait_for(
+            lambda: (
+                ledger(
+                    node.database_url, select(func.count()).select_from(Job).where(Job.state == "succeeded")
+                )[0][0]
+                == 20
+            ),
+            600,
+            "20 succeeded jobs",
+            node,
+        )
         wait_for(lambda: len(pacs.files()) >= 20, 120, "20 SRs at the PACS", node)
     finally:
         for proc in workers.values():
@@ -59,12 +103,15 @@ def test_two_receivers_three_workers_twenty_studies_one_worker_killed(
             proc.wait(timeout=60)
 
     assert len(ledger(node.database_url, select(Job.id))) == 20
-    per_study = ledger(node.database_url, select(Job.study_instance_uid, func.count()).group_by(
-        Job.study_instance_uid))
+    per_study = ledger(
+        node.database_url, select(Job.study_instance_uid, func.count()).group_by(Job.study_instance_uid)
+    )
     assert len(per_study) == 20 and all(n == 1 for _, n in per_study)
     assert ledger(node.database_url, select(func.count()).select_from(Result))[0][0] == 20
-    delivered = ledger(node.database_url, select(Delivery.job_id, func.count()).where(
-        Delivery.state == "succeeded").group_by(Delivery.job_id))
+    delivered = ledger(
+        node.database_url,
+        select(Delivery.job_id, func.count()).where(Delivery.state == "succeeded").group_by(Delivery.job_id),
+    )
     assert len(delivered) == 20 and all(n == 1 for _, n in delivered)
     assert len(pacs.files()) == 20
     # both receiver processes took associations

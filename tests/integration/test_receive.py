@@ -6,9 +6,9 @@ Every test here runs on SQLite and on PostgreSQL (``database_url`` fixture).
 from __future__ import annotations
 
 import os
-import time
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import create_engine, func, select
 
-from node.store import SPACE_CHECK_SECONDS
 from node.schema import Association, Instance, Series, Study
+from node.store import SPACE_CHECK_SECONDS
 from tests.support import dcmtk
 from tests.support.dicom import ct_slice, dataset_bytes, write_ct_series
 from tests.support.node import NodeProcess
@@ -35,8 +35,9 @@ def _rows(url: str, stmt):  # type: ignore[no-untyped-def]
 
 
 def _storescu(node: NodeProcess, *files: Path, aet: str = "STORESCU") -> subprocess.CompletedProcess[str]:
-    return dcmtk.run("storescu", "-v", "-aet", aet, "-aec", node.ae_title, "127.0.0.1", str(node.port),
-                     *map(str, files))
+    return dcmtk.run(
+        "storescu", "-v", "-aet", aet, "-aec", node.ae_title, "127.0.0.1", str(node.port), *map(str, files)
+    )
 
 
 def test_echo_succeeds_and_unknown_or_wrong_called_ae_are_rejected(node: NodeProcess) -> None:
@@ -48,10 +49,16 @@ def test_echo_succeeds_and_unknown_or_wrong_called_ae_are_rejected(node: NodePro
     wrong_called = dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "NOTUS", "127.0.0.1", str(node.port))
     assert wrong_called.returncode != 0
     # the node keeps serving after rejections
-    assert dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port)).returncode == 0
+    assert (
+        dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port)).returncode == 0
+    )
 
-    rejected = _rows(node.database_url, select(Association.calling_ae, Association.rejection_reason)
-                     .where(Association.outcome == "rejected").order_by(Association.id))
+    rejected = _rows(
+        node.database_url,
+        select(Association.calling_ae, Association.rejection_reason)
+        .where(Association.outcome == "rejected")
+        .order_by(Association.id),
+    )
     assert [r[0] for r in rejected] == ["INTRUDER", "STORESCU"]
     assert "not in the allow-list" in rejected[0][1]
     assert "called AE title 'NOTUS'" in rejected[1][1]
@@ -72,16 +79,33 @@ def test_storescu_series_is_stored_byte_identical_and_indexed_once(
 ) -> None:
     files = write_ct_series(tmp_path / "series", 24, rows=128, seed=associations)
     chunks = [files[i::associations] for i in range(associations)]
-    procs = [subprocess.Popen([dcmtk.tool("storescu"), "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1",
-                               str(node.port), *map(str, chunk)], env=dcmtk.env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for chunk in chunks]
+    procs = [
+        subprocess.Popen(
+            [
+                dcmtk.tool("storescu"),
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "MSVLM",
+                "127.0.0.1",
+                str(node.port),
+                *map(str, chunk),
+            ],
+            env=dcmtk.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for chunk in chunks
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
 
-    rows = _rows(node.database_url, select(Instance.sop_instance_uid, Instance.path, Instance.size_bytes,
-                                           Instance.receive_count))
+    rows = _rows(
+        node.database_url,
+        select(Instance.sop_instance_uid, Instance.path, Instance.size_bytes, Instance.receive_count),
+    )
     assert len(rows) == len(files)
     assert all(r.receive_count == 1 for r in rows)
     stored = {r.sop_instance_uid: node.storage / r.path for r in rows}
@@ -92,11 +116,14 @@ def test_storescu_series_is_stored_byte_identical_and_indexed_once(
         assert dataset_bytes(stored[sop]) == dataset_bytes(source)
         assert stored[sop].stat().st_size == dict((r.sop_instance_uid, r.size_bytes) for r in rows)[sop]
     assert not list(node.storage.rglob("*.tmp"))
-    counts = _rows(node.database_url, select(func.count()).select_from(Study))[0][0], \
-        _rows(node.database_url, select(func.count()).select_from(Series))[0][0]
+    counts = (
+        _rows(node.database_url, select(func.count()).select_from(Study))[0][0],
+        _rows(node.database_url, select(func.count()).select_from(Series))[0][0],
+    )
     assert counts == (1, 1)
-    released = _rows(node.database_url, select(Association.instances_received)
-                     .where(Association.outcome == "released"))
+    released = _rows(
+        node.database_url, select(Association.instances_received).where(Association.outcome == "released")
+    )
     assert sorted(r[0] for r in released) == sorted(len(c) for c in chunks)
 
 
@@ -169,7 +196,7 @@ def test_bad_instances_get_their_specific_status_and_the_node_keeps_serving(
     assert sop == good.SOPInstanceUID
     log = node.log()
     assert "status_name=CANNOT_UNDERSTAND" in log and "status_name=INVALID_UID" in log
-    assert "TEST^SYNTHETIC" not in "\n".join(l for l in log.splitlines() if " DEBUG " not in l)
+    assert "TEST^SYNTHETIC" not in "\n".join(line for line in log.splitlines() if " DEBUG " not in line)
 
 
 def test_own_structured_report_is_stored_but_marked_as_our_output(node: NodeProcess) -> None:
@@ -207,9 +234,22 @@ def test_disk_watermark_refuses_with_a700_then_accepts_again(
 
 def test_sigterm_finishes_in_flight_association_and_exits_cleanly(node: NodeProcess, tmp_path: Path) -> None:
     files = write_ct_series(tmp_path / "s", 60, rows=256)
-    sender = subprocess.Popen([dcmtk.tool("storescu"), "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1",
-                               str(node.port), *map(str, files)], env=dcmtk.env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sender = subprocess.Popen(
+        [
+            dcmtk.tool("storescu"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "MSVLM",
+            "127.0.0.1",
+            str(node.port),
+            *map(str, files),
+        ],
+        env=dcmtk.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while "receive.association_accepted" not in node.log() and time.monotonic() < deadline:
         time.sleep(0.02)

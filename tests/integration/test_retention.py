@@ -31,20 +31,50 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def ledger(node: NodeProcess, tmp_path: Path) -> Iterator[tuple[NodeProcess, Settings, SettleContext]]:
-    settings = Settings.model_validate({
-        "settle": {"after_release_seconds": 0.5}, "storage": {"path": str(node.storage), "min_free_mb": 1},
-        "database": {"url": node.database_url}})
+    settings = Settings.model_validate(
+        {
+            "settle": {"after_release_seconds": 0.5},
+            "storage": {"path": str(node.storage), "min_free_mb": 1},
+            "database": {"url": node.database_url},
+        }
+    )
     engine = create_db_engine(node.database_url)
     model = ModelIdentity(path=Path("."), name="m", version="1", weights_sha256="0" * 64)
-    ctx = SettleContext(settings=settings, factory=session_factory(engine), storage_root=node.storage,
-                        model=model, actor="test")
+    ctx = SettleContext(
+        settings=settings,
+        factory=session_factory(engine),
+        storage_root=node.storage,
+        model=model,
+        actor="test",
+    )
     for seed in (1, 2, 3):
         out = tmp_path / f"s{seed}"
-        write_study(generate_study(PhantomSpec(modality="CT", planes=("axial",), phases=("non_contrast",),
-                                               seed=seed, matrix=32, slices=10, include_localizer=False,
-                                               include_dose_report=False, include_oblique=False)), out)
-        sent = dcmtk.run("storescu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port),
-                         *map(str, sorted(out.rglob("*.dcm"))))
+        write_study(
+            generate_study(
+                PhantomSpec(
+                    modality="CT",
+                    planes=("axial",),
+                    phases=("non_contrast",),
+                    seed=seed,
+                    matrix=32,
+                    slices=10,
+                    include_localizer=False,
+                    include_dose_report=False,
+                    include_oblique=False,
+                )
+            ),
+            out,
+        )
+        sent = dcmtk.run(
+            "storescu",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "MSVLM",
+            "127.0.0.1",
+            str(node.port),
+            *map(str, sorted(out.rglob("*.dcm"))),
+        )
         assert sent.returncode == 0, sent.stderr
     time.sleep(0.8)
     assert len(settle_once(ctx)) == 3
@@ -55,15 +85,32 @@ def ledger(node: NodeProcess, tmp_path: Path) -> Iterator[tuple[NodeProcess, Set
 def _finish(ctx: SettleContext, job_id: int, *, delivered: bool | None) -> None:
     """Run a job to success by hand; add one delivery that succeeded, failed for good, or is pending."""
     with ctx.factory() as session, session.begin():
-        transition(session, job_id, expected=[JobState.PENDING], to=JobState.RUNNING, actor="t",
-                   values={"worker": "t", "attempts": 1})
+        transition(
+            session,
+            job_id,
+            expected=[JobState.PENDING],
+            to=JobState.RUNNING,
+            actor="t",
+            values={"worker": "t", "attempts": 1},
+        )
         transition(session, job_id, expected=[JobState.RUNNING], to=JobState.SUCCEEDED, actor="t")
-        session.add(Result(job_id=job_id, report_text="r", impression_text="i", findings="[]",
-                           sr_sop_instance_uid=f"1.2.3.{job_id}", sr_series_instance_uid=f"1.2.4.{job_id}",
-                           sr_path=f"sr-{job_id}.dcm"))
+        session.add(
+            Result(
+                job_id=job_id,
+                report_text="r",
+                impression_text="i",
+                findings="[]",
+                sr_sop_instance_uid=f"1.2.3.{job_id}",
+                sr_series_instance_uid=f"1.2.4.{job_id}",
+                sr_path=f"sr-{job_id}.dcm",
+            )
+        )
         state = {True: "succeeded", False: "failed", None: "scheduled"}[delivered]
-        session.add(Delivery(job_id=job_id, destination="pacs", ae_title="PACS", host="h", port=104, attempt=1,
-                             state=state))
+        session.add(
+            Delivery(
+                job_id=job_id, destination="pacs", ae_title="PACS", host="h", port=104, attempt=1, state=state
+            )
+        )
 
 
 def _files(node: NodeProcess) -> set[str]:
@@ -71,7 +118,7 @@ def _files(node: NodeProcess) -> set[str]:
 
 
 def test_delivered_studies_are_removed_and_in_flight_ones_kept(
-    ledger: tuple[NodeProcess, Settings, SettleContext]
+    ledger: tuple[NodeProcess, Settings, SettleContext],
 ) -> None:
     node, settings, settle = ledger
     with settle.factory() as session:
@@ -80,8 +127,9 @@ def test_delivered_studies_are_removed_and_in_flight_ones_kept(
     _finish(settle, done, delivered=True)
     _finish(settle, waiting, delivered=None)  # its SR is still queued for the PACS
     store = InstanceStore(node.storage, min_free_mb=1, max_used_percent=100, fsync=False)
-    rules = settings.model_copy(update={"retention": settings.retention.model_copy(
-        update={"instances_after_delivery": True})})
+    rules = settings.model_copy(
+        update={"retention": settings.retention.model_copy(update={"instances_after_delivery": True})}
+    )
     ctx = RetentionContext(settings=rules, factory=settle.factory, store=store, actor="test")
 
     assert run_retention(ctx) == 1
@@ -91,13 +139,15 @@ def test_delivered_studies_are_removed_and_in_flight_ones_kept(
         events = session.scalars(select(RetentionEvent)).all()
     assert {uid for uid, at in purged if at is not None} == {done_uid}
     assert len(purged) == 30  # every ledger row is kept
-    assert [(e.study_instance_uid, e.reason, e.files_removed) for e in events] == [(done_uid, "delivered", 10)]
+    assert [(e.study_instance_uid, e.reason, e.files_removed) for e in events] == [
+        (done_uid, "delivered", 10)
+    ]
     assert events[0].bytes_freed > 0
     assert run_retention(ctx) == 0  # nothing left to do
 
 
 def test_age_rule_skips_a_queued_job_and_emergency_frees_space(
-    ledger: tuple[NodeProcess, Settings, SettleContext]
+    ledger: tuple[NodeProcess, Settings, SettleContext],
 ) -> None:
     node, settings, settle = ledger
     with settle.factory() as session:
@@ -106,8 +156,9 @@ def test_age_rule_skips_a_queued_job_and_emergency_frees_space(
     _finish(settle, first, delivered=True)
     _finish(settle, second, delivered=False)  # gave up: finished, though not delivered
     store = InstanceStore(node.storage, min_free_mb=1, max_used_percent=100, fsync=False)
-    aged = settings.model_copy(update={"retention": settings.retention.model_copy(
-        update={"instances_after_days": 30})})
+    aged = settings.model_copy(
+        update={"retention": settings.retention.model_copy(update={"instances_after_days": 30})}
+    )
     ctx = RetentionContext(settings=aged, factory=settle.factory, store=store, actor="test")
     assert run_retention(ctx, now=utcnow() + timedelta(days=10)) == 0
     assert run_retention(ctx, now=utcnow() + timedelta(days=31)) == 2
@@ -116,8 +167,13 @@ def test_age_rule_skips_a_queued_job_and_emergency_frees_space(
     # emergency: the disk is "fuller" than the threshold; only delivered studies may go
     node_files_before = _files(node)
     used = store.disk_state().used_percent
-    emergency = settings.model_copy(update={"retention": settings.retention.model_copy(
-        update={"emergency_used_percent": max(0.1, used - 1), "emergency_target_percent": 0.01})})
+    emergency = settings.model_copy(
+        update={
+            "retention": settings.retention.model_copy(
+                update={"emergency_used_percent": max(0.1, used - 1), "emergency_target_percent": 0.01}
+            )
+        }
+    )
     ctx = RetentionContext(settings=emergency, factory=settle.factory, store=store, actor="test")
     run_retention(ctx)
     assert _files(node) == node_files_before  # the only study left is in flight

@@ -32,30 +32,48 @@ QUIET = 4.0
 
 
 def _study(tmp_path: Path, *, phases: tuple[str, ...], seed: int = 5) -> dict[str, list[Path]]:
-    spec = PhantomSpec(modality="CT", planes=("axial",), phases=phases, seed=seed, matrix=32, slices=12,
-                       include_localizer=True, include_dose_report=True, include_oblique=False)
+    spec = PhantomSpec(
+        modality="CT",
+        planes=("axial",),
+        phases=phases,
+        seed=seed,
+        matrix=32,
+        slices=12,
+        include_localizer=True,
+        include_dose_report=True,
+        include_oblique=False,
+    )
     out = tmp_path / f"study-{seed}"
     write_study(generate_study(spec), out)
     return {folder.name: sorted(folder.glob("*.dcm")) for folder in sorted(out.iterdir()) if folder.is_dir()}
 
 
 def _send(node: NodeProcess, files: list[Path]) -> float:
-    result = dcmtk.run("storescu", "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1", str(node.port),
-                       *map(str, files))
+    result = dcmtk.run(
+        "storescu", "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1", str(node.port), *map(str, files)
+    )
     assert result.returncode == 0, result.stderr
     return time.monotonic()
 
 
 @pytest.fixture
 def settle_ctx(node: NodeProcess) -> Iterator[SettleContext]:
-    settings = Settings.model_validate({
-        "settle": {"after_release_seconds": AFTER_RELEASE, "quiet_seconds": QUIET},
-        "storage": {"path": str(node.storage)}, "database": {"url": node.database_url},
-    })
+    settings = Settings.model_validate(
+        {
+            "settle": {"after_release_seconds": AFTER_RELEASE, "quiet_seconds": QUIET},
+            "storage": {"path": str(node.storage)},
+            "database": {"url": node.database_url},
+        }
+    )
     engine = create_db_engine(node.database_url)
     model = ModelIdentity(path=Path("."), name="test-model", version="1", weights_sha256="0" * 64)
-    yield SettleContext(settings=settings, factory=session_factory(engine), storage_root=node.storage,
-                        model=model, actor="test")
+    yield SettleContext(
+        settings=settings,
+        factory=session_factory(engine),
+        storage_root=node.storage,
+        model=model,
+        actor="test",
+    )
     engine.dispose()
 
 
@@ -82,14 +100,15 @@ def test_one_association_settles_after_release_not_after_quiet_timeout(
     settle_once(settle_ctx)
     assert _jobs(settle_ctx) == [], "settled before after_release_seconds had passed"
     settled = _settle_until_job(settle_ctx, 1, timeout=QUIET)
-    assert AFTER_RELEASE <= settled - released + 0.3 and settled - released < QUIET - 1
+    assert settled - released + 0.3 >= AFTER_RELEASE and settled - released < QUIET - 1
 
     [job] = _jobs(settle_ctx)
     assert job.state == "pending" and job.settle_signal == "after_release"
     manifest = Manifest.from_json(job.manifest)
     assert [v.key for v in manifest.views] == ["CT:axial:non_contrast", "CT:axial:arterial"]
-    assert {e.reason_code for e in manifest.excluded} >= {"localizer", "screen_capture"} or \
-        {e.reason_code for e in manifest.excluded} >= {"localizer", "dose_report"}
+    assert {e.reason_code for e in manifest.excluded} >= {"localizer", "screen_capture"} or {
+        e.reason_code for e in manifest.excluded
+    } >= {"localizer", "dose_report"}
     with settle_ctx.factory() as session:
         events = session.scalars(select(JobEvent.to_state).where(JobEvent.job_id == job.id)).all()
     assert events == ["pending"]
@@ -116,10 +135,15 @@ def test_study_split_over_two_associations_with_a_pause_yields_one_job(
     time.sleep(AFTER_RELEASE)
     settle_once(settle_ctx)
     [job] = _jobs(settle_ctx)
-    assert [v.key for v in Manifest.from_json(job.manifest).views] == ["CT:axial:non_contrast", "CT:axial:venous"]
+    assert [v.key for v in Manifest.from_json(job.manifest).views] == [
+        "CT:axial:non_contrast",
+        "CT:axial:venous",
+    ]
 
 
-def test_late_series_yields_a_superseding_job(node: NodeProcess, settle_ctx: SettleContext, tmp_path: Path) -> None:
+def test_late_series_yields_a_superseding_job(
+    node: NodeProcess, settle_ctx: SettleContext, tmp_path: Path
+) -> None:
     series = _study(tmp_path, phases=("non_contrast", "arterial"), seed=7)
     late = [name for name in series if "arterial" in name]
     _send(node, [f for name, files in series.items() if name not in late for f in files])
@@ -156,7 +180,9 @@ def test_aborted_association_settles_on_the_quiet_timeout(
         assert session.get(Study, job.study_instance_uid).settled_at is not None  # type: ignore[union-attr]
 
 
-def test_two_settlers_at_once_create_one_job(node: NodeProcess, settle_ctx: SettleContext, tmp_path: Path) -> None:
+def test_two_settlers_at_once_create_one_job(
+    node: NodeProcess, settle_ctx: SettleContext, tmp_path: Path
+) -> None:
     import threading
 
     series = _study(tmp_path, phases=("non_contrast",), seed=9)

@@ -63,28 +63,49 @@ def test_sr_validates_and_reads_back(tmp_path: Path, document: str, replaces: bo
 
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
-    assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == (BASIC if document == "basic"
-                                                                     else COMPREHENSIVE)
-    assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == (kwargs["series_instance_uid"],
-                                                         kwargs["sop_instance_uid"])
+    assert (
+        ds.SOPClassUID
+        == ds.file_meta.MediaStorageSOPClassUID
+        == (BASIC if document == "basic" else COMPREHENSIVE)
+    )
+    assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == (
+        kwargs["series_instance_uid"],
+        kwargs["sop_instance_uid"],
+    )
     # the SR joins the source study, in a new SR series named after the AI
     source = ct_evidence()[0]
-    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-                    "PatientAge", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
-                    "AccessionNumber", "ReferringPhysicianName", "StudyDescription"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "PatientAge",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyDescription",
+    ):
         assert ds[keyword].value == source[keyword].value, keyword
     assert ds.Modality == "SR" and ds.SeriesNumber == 9001 and ds.InstanceNumber == 1
     assert ds.SeriesDescription == "MS-VLM AI report (not verified)"
     assert ds.SeriesInstanceUID not in {s.SeriesInstanceUID for s in ct_evidence()}
     # flags, loop safety, creator
-    assert (ds.CompletionFlag, ds.VerificationFlag, ds.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED",
-                                                                           "PRELIMINARY")
+    assert (ds.CompletionFlag, ds.VerificationFlag, ds.PreliminaryFlag) == (
+        "COMPLETE",
+        "UNVERIFIED",
+        "PRELIMINARY",
+    )
     assert ds.Manufacturer == SR_MANUFACTURER == "msvlm-node"
     assert ds.InstanceCreatorUID == DEVICE.uid
     assert (ds.ContentDate, ds.ContentTime) == ("20260102", "030405")
     # every source instance, exactly once, grouped study -> series
-    expected = [(s.StudyInstanceUID, s.SeriesInstanceUID, s.SOPClassUID, s.SOPInstanceUID)
-                for s in ct_evidence()]
+    expected = [
+        (s.StudyInstanceUID, s.SeriesInstanceUID, s.SOPClassUID, s.SOPInstanceUID) for s in ct_evidence()
+    ]
     assert evidence_uids(ds) == expected
     assert len(ds.CurrentRequestedProcedureEvidenceSequence) == 1
     assert len(ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence) == 2
@@ -96,8 +117,10 @@ def test_sr_validates_and_reads_back(tmp_path: Path, document: str, replaces: bo
         assert pred.StudyInstanceUID == old.study_instance_uid
         assert pred.ReferencedSeriesSequence[0].SeriesInstanceUID == old.series_instance_uid
         ref = pred.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
-        assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (old.sop_class_uid,
-                                                                             old.sop_instance_uid)
+        assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (
+            old.sop_class_uid,
+            old.sop_instance_uid,
+        )
     else:
         assert "PredecessorDocumentsSequence" not in ds
 
@@ -111,24 +134,33 @@ def test_sr_validates_and_reads_back(tmp_path: Path, document: str, replaces: bo
     assert "Small right pleural effusion" in back.findings_text and "\r\n\r\n" in back.findings_text
     assert all(len(line) <= WRAP_WIDTH for line in back.findings_text.split("\r\n"))
     assert max(len(line) for line in back.findings_text.split("\r\n")) > 70  # wrapped, not chopped
-    assert back.coded == {(f.code_value, f.coding_scheme): (f.code_meaning, f.present, pytest.approx(
-        f.probability, abs=5e-4)) for f in FINDINGS}
-    assert back.observer == {"Observer Type": "Device", "Device Observer UID": DEVICE.uid,
-                             "Device Observer Name": DEVICE.name,
-                             "Device Observer Manufacturer": "msvlm-node",
-                             "Device Observer Model Name": "MS-VLM demo 0.3.1"}
+    assert back.coded == {
+        (f.code_value, f.coding_scheme): (f.code_meaning, f.present, pytest.approx(f.probability, abs=5e-4))
+        for f in FINDINGS
+    }
+    assert back.observer == {
+        "Observer Type": "Device",
+        "Device Observer UID": DEVICE.uid,
+        "Device Observer Name": DEVICE.name,
+        "Device Observer Manufacturer": "msvlm-node",
+        "Device Observer Model Name": "MS-VLM demo 0.3.1",
+    }
 
     # contributing equipment: the node and the algorithm (IHE AIR)
     equipment = {e.PurposeOfReferenceCodeSequence[0].CodeValue: e for e in ds.ContributingEquipmentSequence}
     algorithm = equipment["Newcode1"]
     assert algorithm.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"
     assert (algorithm.Manufacturer, algorithm.ManufacturerModelName, algorithm.SoftwareVersions) == (
-        "msvlm-node", ALGORITHM.name, ALGORITHM.version)
+        "msvlm-node",
+        ALGORITHM.name,
+        ALGORITHM.version,
+    )
     assert algorithm.DeviceSerialNumber == ALGORITHM.weights_sha256
     assert algorithm.DeviceUID == ALGORITHM.device_uid
     node = [e for e in ds.ContributingEquipmentSequence if e.get("DeviceUID") == DEVICE.uid]
     assert [(e.Manufacturer, e.PurposeOfReferenceCodeSequence[0].CodeValue) for e in node] == [
-        ("msvlm-node", "109102")]
+        ("msvlm-node", "109102")
+    ]
     assert equipment["109101"].Manufacturer == "ACME"  # the scanner, from the evidence (highdicom)
     assert "99IHE" in {s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence}
 
@@ -190,9 +222,12 @@ def test_odd_source_headers_build_valid_sr(tmp_path: Path, caplog: pytest.LogCap
         ds.PatientSex = "U"
         del ds.StudyID, ds.ReferringPhysicianName, ds.AccessionNumber
     kwargs = build_kwargs("basic")
-    kwargs.update(evidence=evidence, findings_text="Nodule \u2265 6 mm, 12 \u00b5Sv.",
-                  impression_text="Keine akute Pathologie \u00e4\u00f6\u00fc.",
-                  content_datetime=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1))))
+    kwargs.update(
+        evidence=evidence,
+        findings_text="Nodule \u2265 6 mm, 12 \u00b5Sv.",
+        impression_text="Keine akute Pathologie \u00e4\u00f6\u00fc.",
+        content_datetime=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1))),
+    )
     with caplog.at_level(logging.DEBUG):
         path = _write(tmp_path, build_report_sr(**kwargs))  # type: ignore[arg-type]
     assert not [r for r in caplog.records if r.levelno > logging.DEBUG and "ANONYMIZED" in r.getMessage()]
@@ -214,27 +249,31 @@ UNKNOWN_IOD = ct_evidence(per_series=1)
 UNKNOWN_IOD[0].SOPClassUID = "1.2.826.0.1.3680043.8.498.71.99"
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    (_bad(findings_text=""), ValueError),
-    (_bad(findings_text=" \n\t "), ValueError),
-    (_bad(impression_text=""), ValueError),
-    (_bad(findings_text=None), TypeError),
-    (_bad(evidence=[]), ValueError),
-    (_bad(evidence=ct_evidence(per_series=1) + OTHER_STUDY), ValueError),
-    (_bad(evidence=[*ct_evidence(per_series=1), ct_evidence(per_series=1)[0]]), ValueError),
-    (_bad(evidence=["not a dataset"]), TypeError),
-    (_bad(evidence=ct_evidence()[0]), TypeError),
-    (_bad(evidence=UNKNOWN_IOD), ValueError),
-    (_bad(findings=[FINDINGS[0], FINDINGS[0]]), ValueError),
-    (_bad(findings=[{"key": "x"}]), TypeError),
-    (_bad(document="enhanced"), ValueError),
-    (_bad(series_instance_uid="1.2.03"), ValueError),
-    (_bad(series_number=0), ValueError),
-    (_bad(instance_number="1"), TypeError),
-    (_bad(series_description=""), ValueError),
-    (_bad(device="MSVLM"), TypeError),
-    (_bad(content_datetime="20260101"), TypeError),
-], ids=lambda v: "" if isinstance(v, dict) else v.__name__)
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (_bad(findings_text=""), ValueError),
+        (_bad(findings_text=" \n\t "), ValueError),
+        (_bad(impression_text=""), ValueError),
+        (_bad(findings_text=None), TypeError),
+        (_bad(evidence=[]), ValueError),
+        (_bad(evidence=ct_evidence(per_series=1) + OTHER_STUDY), ValueError),
+        (_bad(evidence=[*ct_evidence(per_series=1), ct_evidence(per_series=1)[0]]), ValueError),
+        (_bad(evidence=["not a dataset"]), TypeError),
+        (_bad(evidence=ct_evidence()[0]), TypeError),
+        (_bad(evidence=UNKNOWN_IOD), ValueError),
+        (_bad(findings=[FINDINGS[0], FINDINGS[0]]), ValueError),
+        (_bad(findings=[{"key": "x"}]), TypeError),
+        (_bad(document="enhanced"), ValueError),
+        (_bad(series_instance_uid="1.2.03"), ValueError),
+        (_bad(series_number=0), ValueError),
+        (_bad(instance_number="1"), TypeError),
+        (_bad(series_description=""), ValueError),
+        (_bad(device="MSVLM"), TypeError),
+        (_bad(content_datetime="20260101"), TypeError),
+    ],
+    ids=lambda v: "" if isinstance(v, dict) else v.__name__,
+)
 def test_invalid_input_is_refused(kwargs: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         build_report_sr(**kwargs)  # type: ignore[arg-type]
@@ -242,19 +281,37 @@ def test_invalid_input_is_refused(kwargs: dict[str, object], error: type[Excepti
 
 def test_replacing_itself_is_refused() -> None:
     kwargs = build_kwargs("basic")
-    me = ReplacedDocument(study_instance_uid=STUDY, series_instance_uid=str(kwargs["series_instance_uid"]),
-                          sop_class_uid=BASIC, sop_instance_uid=str(kwargs["sop_instance_uid"]))
+    me = ReplacedDocument(
+        study_instance_uid=STUDY,
+        series_instance_uid=str(kwargs["series_instance_uid"]),
+        sop_class_uid=BASIC,
+        sop_instance_uid=str(kwargs["sop_instance_uid"]),
+    )
     with pytest.raises(ValueError, match="replace itself"):
         build_report_sr(**{**kwargs, "replaces": me})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("probability, error", [(-0.01, ValueError), (1.5, ValueError),
-                                                (float("nan"), ValueError), (True, TypeError),
-                                                ("0.5", TypeError)])
+@pytest.mark.parametrize(
+    "probability, error",
+    [
+        (-0.01, ValueError),
+        (1.5, ValueError),
+        (float("nan"), ValueError),
+        (True, TypeError),
+        ("0.5", TypeError),
+    ],
+)
 def test_probability_outside_unit_interval_is_refused(probability: object, error: type[Exception]) -> None:
     with pytest.raises(error):
-        CodedFinding(key="k", display="K", code_value="1", coding_scheme="SCT", code_meaning="K",
-                     probability=probability, present=True)  # type: ignore[arg-type]
+        CodedFinding(
+            key="k",
+            display="K",
+            code_value="1",
+            coding_scheme="SCT",
+            code_meaning="K",
+            probability=probability,
+            present=True,
+        )  # type: ignore[arg-type]
 
 
 def test_value_objects_validate() -> None:
@@ -265,13 +322,29 @@ def test_value_objects_validate() -> None:
     with pytest.raises(ValueError):
         AlgorithmInfo(name="m", version="1", weights_sha256="ABC")
     with pytest.raises(ValueError):
-        CodedFinding(key="k", display="K", code_value="1", coding_scheme="S" * 17, code_meaning="K",
-                     probability=0.5, present=True)
+        CodedFinding(
+            key="k",
+            display="K",
+            code_value="1",
+            coding_scheme="S" * 17,
+            code_meaning="K",
+            probability=0.5,
+            present=True,
+        )
     with pytest.raises(TypeError):
-        CodedFinding(key="k", display="K", code_value="1", coding_scheme="SCT", code_meaning="K",
-                     probability=0.5, present=1)  # type: ignore[arg-type]
-    assert AlgorithmInfo(name="m", version="1", weights_sha256="a" * 64).device_uid != \
-        AlgorithmInfo(name="m", version="1", weights_sha256="b" * 64).device_uid
+        CodedFinding(
+            key="k",
+            display="K",
+            code_value="1",
+            coding_scheme="SCT",
+            code_meaning="K",
+            probability=0.5,
+            present=1,
+        )  # type: ignore[arg-type]
+    assert (
+        AlgorithmInfo(name="m", version="1", weights_sha256="a" * 64).device_uid
+        != AlgorithmInfo(name="m", version="1", weights_sha256="b" * 64).device_uid
+    )
 
 
 def test_validator_reports_errors(tmp_path: Path) -> None:

@@ -18,26 +18,71 @@ pytestmark = pytest.mark.integration
 
 def test_tls_association_needs_a_client_certificate(node_factory: type[NodeProcess], tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
-    node = node_factory(extra={"security": {
-        "tls_enabled": True, "tls_certificate": str(pki.server_cert), "tls_private_key": str(pki.server_key),
-        "tls_ca_certificates": str(pki.ca)}}).start()
+    node = node_factory(
+        extra={
+            "security": {
+                "tls_enabled": True,
+                "tls_certificate": str(pki.server_cert),
+                "tls_private_key": str(pki.server_key),
+                "tls_ca_certificates": str(pki.ca),
+            }
+        }
+    ).start()
     files = write_ct_series(tmp_path / "s", 3)
-    with_cert = dcmtk.run("storescu", "-v", "+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca),
-                          "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port), *map(str, files))
+    with_cert = dcmtk.run(
+        "storescu",
+        "-v",
+        "+tls",
+        str(pki.client_key),
+        str(pki.client_cert),
+        "+cf",
+        str(pki.ca),
+        "-aet",
+        "STORESCU",
+        "-aec",
+        "MSVLM",
+        "127.0.0.1",
+        str(node.port),
+        *map(str, files),
+    )
     assert with_cert.returncode == 0, with_cert.stdout + with_cert.stderr
 
-    anonymous = dcmtk.run("echoscu", "+tla", "+cf", str(pki.ca), "-aet", "STORESCU", "-aec", "MSVLM",
-                          "127.0.0.1", str(node.port))
+    anonymous = dcmtk.run(
+        "echoscu",
+        "+tla",
+        "+cf",
+        str(pki.ca),
+        "-aet",
+        "STORESCU",
+        "-aec",
+        "MSVLM",
+        "127.0.0.1",
+        str(node.port),
+    )
     assert anonymous.returncode != 0
     plain = dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port), timeout=60)
     assert plain.returncode != 0
 
     engine = create_engine(node.database_url)
     with engine.connect() as conn:
-        assert conn.execute(select(Association.tls).where(Association.outcome == "released")).scalars().all() == [True]
+        assert conn.execute(
+            select(Association.tls).where(Association.outcome == "released")
+        ).scalars().all() == [True]
         assert len(conn.execute(select(Instance.id)).all()) == 3
     engine.dispose()
     # the failed handshakes did not stop the node
-    again = dcmtk.run("echoscu", "+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca),
-                      "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port))
+    again = dcmtk.run(
+        "echoscu",
+        "+tls",
+        str(pki.client_key),
+        str(pki.client_cert),
+        "+cf",
+        str(pki.ca),
+        "-aet",
+        "STORESCU",
+        "-aec",
+        "MSVLM",
+        "127.0.0.1",
+        str(node.port),
+    )
     assert again.returncode == 0, again.stderr

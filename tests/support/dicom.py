@@ -11,8 +11,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def ct_slice(*, study: str, series: str, index: int, rows: int = 64, sop: str | None = None,
-             seed: int = 0) -> Dataset:
+def ct_slice(
+    *, study: str, series: str, index: int, rows: int = 64, sop: str | None = None, seed: int = 0
+) -> Dataset:
     """One axial CT slice with the geometry and identity a scanner would send."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -50,8 +51,15 @@ def ct_slice(*, study: str, series: str, index: int, rows: int = 64, sop: str | 
     return ds
 
 
-def write_ct_series(directory: Path, count: int, *, rows: int = 64, study: str | None = None,
-                    series: str | None = None, seed: int = 0) -> list[Path]:
+def write_ct_series(
+    directory: Path,
+    count: int,
+    *,
+    rows: int = 64,
+    study: str | None = None,
+    series: str | None = None,
+    seed: int = 0,
+) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     study = study or generate_uid(entropy_srcs=["study", str(seed)])
     series = series or generate_uid(entropy_srcs=["series", str(seed)])
@@ -69,4 +77,4 @@ def dataset_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     assert raw[128:132] == b"DICM"
     group_length = int.from_bytes(raw[140:144], "little")  # (0002,0000) UL value
-    return raw[144 + group_length:]
+    return raw[144 + group_length :]

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import torch
 
-from models.msvlm import MsVlmForReportGeneration, MsVlmProcessor, ProcessorSettings, build_word_tokenizer
-from models.msvlm import msvlm_preset
+from models.msvlm import (
+    MsVlmForReportGeneration,
+    MsVlmProcessor,
+    ProcessorSettings,
+    build_word_tokenizer,
+    msvlm_preset,
+)
 from models.msvlm.pipeline import Placement, ReportGenerator
 from models.phantom import FINDINGS
 
@@ -29,8 +34,21 @@ def save_tiny_model(directory: Path, *, version: str = "tiny-test") -> Path:
     torch.manual_seed(0)
     model = MsVlmForReportGeneration(config).eval()
     processor = MsVlmProcessor.from_model_config(config, tokenizer)
-    ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu")).save_pretrained(directory)
-    (directory / "findings.json").write_text(json.dumps([
-        {"key": f.key, "display": f.display, "code_value": f.code.value, "coding_scheme": f.code.scheme,
-         "code_meaning": f.code.meaning} for f in FINDINGS]))
+    ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu")).save_pretrained(
+        directory
+    )
+    (directory / "findings.json").write_text(
+        json.dumps(
+            [
+                {
+                    "key": f.key,
+                    "display": f.display,
+                    "code_value": f.code.value,
+                    "coding_scheme": f.code.scheme,
+                    "code_meaning": f.code.meaning,
+                }
+                for f in FINDINGS
+            ]
+        )
+    )
     return directory

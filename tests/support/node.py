@@ -48,10 +48,16 @@ def write_config(path: Path, tables: dict[str, dict[str, Any]], peers: list[dict
 class NodeProcess:
     """``msvlm-node serve`` on a free loopback port with its own storage and database."""
 
-    def __init__(self, workdir: Path, database_url: str, *, ae_title: str = "MSVLM",
-                 extra: dict[str, dict[str, Any]] | None = None,
-                 peers: list[dict[str, Any]] | None = None,
-                 roles: tuple[str, ...] = ("receiver",)) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        *,
+        ae_title: str = "MSVLM",
+        extra: dict[str, dict[str, Any]] | None = None,
+        peers: list[dict[str, Any]] | None = None,
+        roles: tuple[str, ...] = ("receiver",),
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.api_port = free_port()
@@ -59,8 +65,13 @@ class NodeProcess:
         self.storage = workdir / "storage"
         self.database_url = database_url
         tables: dict[str, dict[str, Any]] = {
-            "node": {"ae_title": ae_title, "host": "127.0.0.1", "port": self.port, "drain_seconds": 10,
-                     "roles": list(roles)},
+            "node": {
+                "ae_title": ae_title,
+                "host": "127.0.0.1",
+                "port": self.port,
+                "drain_seconds": 10,
+                "roles": list(roles),
+            },
             "storage": {"path": str(self.storage), "min_free_mb": 16},
             "database": {"url": database_url},
             "logging": {"level": "DEBUG"},
@@ -76,8 +87,13 @@ class NodeProcess:
     def start(self, timeout: float = 60) -> NodeProcess:
         env = {**os.environ, "MSVLM_NODE_CONFIG": str(self.config), "PYTHONPATH": str(REPO)}
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "node", "serve"], cwd=self.workdir, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve"],
+            cwd=self.workdir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -20,10 +20,13 @@ from tests.support.node import REPO, NodeProcess, free_port
 FAST = {
     "settle": {"after_release_seconds": 1.0, "interval_seconds": 0.3, "quiet_seconds": 30.0},
     "worker": {"poll_seconds": 0.3, "lease_seconds": 4.0},
-    "delivery": {"interval_seconds": 0.3, "backoff_seconds": 0.5, "max_backoff_seconds": 2.0,
-                 "timeout_seconds": 5.0},
+    "delivery": {
+        "interval_seconds": 0.3,
+        "backoff_seconds": 0.5,
+        "max_backoff_seconds": 2.0,
+        "timeout_seconds": 5.0,
+    },
 }
-
 
 
 class StoreScp:
@@ -36,9 +39,12 @@ class StoreScp:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StoreScp:
-        self.proc = subprocess.Popen([dcmtk.tool("storescp"), "-aet", "PACS", "-od", str(self.directory),
-                                      str(self.port)], env=dcmtk.env(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [dcmtk.tool("storescp"), "-aet", "PACS", "-od", str(self.directory), str(self.port)],
+            env=dcmtk.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.5)
         return self
 
@@ -51,14 +57,17 @@ class StoreScp:
             self.proc.wait(timeout=10)
 
 
-
 def destination(port: int) -> dict[str, Any]:
     return {"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}]}
 
 
-def pipeline_node(node_factory: Callable[..., NodeProcess], model: Path, dest_port: int,
-                  roles: tuple[str, ...] = ("receiver", "scheduler", "worker"),
-                  extra: dict[str, dict[str, Any]] | None = None) -> NodeProcess:
+def pipeline_node(
+    node_factory: Callable[..., NodeProcess],
+    model: Path,
+    dest_port: int,
+    roles: tuple[str, ...] = ("receiver", "scheduler", "worker"),
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> NodeProcess:
     tables: dict[str, dict[str, Any]] = {k: dict(v) for k, v in FAST.items()}
     tables["model"] = {"path": str(model)}
     tables["delivery"] = {**tables["delivery"], **destination(dest_port)}
@@ -68,8 +77,14 @@ def pipeline_node(node_factory: Callable[..., NodeProcess], model: Path, dest_po
 
 
 def phantom(tmp_path: Path, seed: int, **spec: Any) -> list[Path]:
-    options: dict[str, Any] = {"modality": "CT", "planes": ("axial",), "phases": ("non_contrast", "arterial"),
-                               "seed": seed, "matrix": 48, "slices": 16}
+    options: dict[str, Any] = {
+        "modality": "CT",
+        "planes": ("axial",),
+        "phases": ("non_contrast", "arterial"),
+        "seed": seed,
+        "matrix": 48,
+        "slices": 16,
+    }
     options.update(spec)
     out = tmp_path / f"phantom-{seed}"
     write_study(generate_study(PhantomSpec(**options)), out)
@@ -77,8 +92,17 @@ def phantom(tmp_path: Path, seed: int, **spec: Any) -> list[Path]:
 
 
 def send(node: NodeProcess, files: list[Path], *options: str) -> None:
-    result = dcmtk.run("storescu", *options, "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
-                       str(node.port), *map(str, files))
+    result = dcmtk.run(
+        "storescu",
+        *options,
+        "-aet",
+        "STORESCU",
+        "-aec",
+        node.ae_title,
+        "127.0.0.1",
+        str(node.port),
+        *map(str, files),
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -102,14 +126,29 @@ def ledger(url: str, stmt: Any) -> list[Any]:
 
 
 def cli(node: NodeProcess, *args: str) -> Any:
-    out = subprocess.run([sys.executable, "-m", "node", "--config", str(node.config), *args, "--json"],
-                         capture_output=True, text=True, cwd=node.workdir, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "--config", str(node.config), *args, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=node.workdir,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
+
 def start_worker(node: NodeProcess, name: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MSVLM_NODE_CONFIG": str(node.config), "PYTHONPATH": str(REPO),
-           "MSVLM_NODE_WORKER__NAME": name}
+    env = {
+        **os.environ,
+        "MSVLM_NODE_CONFIG": str(node.config),
+        "PYTHONPATH": str(REPO),
+        "MSVLM_NODE_WORKER__NAME": name,
+    }
     with (node.workdir / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "node", "worker"], cwd=node.workdir, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "node", "worker"],
+            cwd=node.workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )

@@ -16,16 +16,43 @@ PREFIX = "1.2.826.0.1.3680043.8.498.71."
 STUDY = "1.2.826.0.1.3680043.8.498.71.1000"
 SERIES = ("1.2.826.0.1.3680043.8.498.71.1001", "1.2.826.0.1.3680043.8.498.71.1002")
 WHEN = datetime(2026, 1, 2, 3, 4, 5)
-DEVICE = DeviceInfo(uid="1.2.826.0.1.3680043.8.498.71.7", name="MSVLM@ci", manufacturer="msvlm-node",
-                    model_name="msvlm-node", software_version="0.1.0", station_name="MSVLM")
+DEVICE = DeviceInfo(
+    uid="1.2.826.0.1.3680043.8.498.71.7",
+    name="MSVLM@ci",
+    manufacturer="msvlm-node",
+    model_name="msvlm-node",
+    software_version="0.1.0",
+    station_name="MSVLM",
+)
 ALGORITHM = AlgorithmInfo(name="MS-VLM demo", version="0.3.1", weights_sha256="0123456789abcdef" * 4)
 FINDINGS = (
-    CodedFinding(key="pneumothorax", display="Pneumothorax", code_value="36118008", coding_scheme="SCT",
-                 code_meaning="Pneumothorax", probability=0.031, present=False),
-    CodedFinding(key="effusion", display="Pleural effusion", code_value="60046008", coding_scheme="SCT",
-                 code_meaning="Pleural effusion", probability=0.912, present=True),
-    CodedFinding(key="nodule", display="Lung nodule", code_value="786838002", coding_scheme="SCT",
-                 code_meaning="Pulmonary nodule", probability=0.5, present=True),
+    CodedFinding(
+        key="pneumothorax",
+        display="Pneumothorax",
+        code_value="36118008",
+        coding_scheme="SCT",
+        code_meaning="Pneumothorax",
+        probability=0.031,
+        present=False,
+    ),
+    CodedFinding(
+        key="effusion",
+        display="Pleural effusion",
+        code_value="60046008",
+        coding_scheme="SCT",
+        code_meaning="Pleural effusion",
+        probability=0.912,
+        present=True,
+    ),
+    CodedFinding(
+        key="nodule",
+        display="Lung nodule",
+        code_value="786838002",
+        coding_scheme="SCT",
+        code_meaning="Pulmonary nodule",
+        probability=0.5,
+        present=True,
+    ),
 )
 FINDINGS_TEXT = (
     "Small right pleural effusion with adjacent compressive atelectasis of the right lower lobe, "
@@ -39,8 +66,9 @@ IMPRESSION_TEXT = (
 )
 
 
-def ct_evidence(*, per_series: int = 3, study: str = STUDY,
-                series: tuple[str, ...] = SERIES) -> list[Dataset]:
+def ct_evidence(
+    *, per_series: int = 3, study: str = STUDY, series: tuple[str, ...] = SERIES
+) -> list[Dataset]:
     """Headers of a few CT slices in two series, with the patient/study a scanner would send."""
     headers = []
     for number, series_uid in enumerate(series, start=2):
@@ -65,20 +93,37 @@ def ct_evidence(*, per_series: int = 3, study: str = STUDY,
     return headers
 
 
-def build_kwargs(document: str = "basic", *, replaces: bool = False, job_id: int = 17,
-                 attempt: int = 1) -> dict[str, object]:
+def build_kwargs(
+    document: str = "basic", *, replaces: bool = False, job_id: int = 17, attempt: int = 1
+) -> dict[str, object]:
     """Keyword arguments for ``build_report_sr`` as the worker would pass them."""
     series_uid, sop_uid = sr_uids(PREFIX, job_id, attempt)
     replaced = None
     if replaces:
         old_series, old_sop = sr_uids(PREFIX, job_id - 1, 1)
-        replaced = ReplacedDocument(study_instance_uid=STUDY, series_instance_uid=old_series,
-                                    sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11", sop_instance_uid=old_sop)
-    return dict(evidence=ct_evidence(), findings_text=FINDINGS_TEXT, impression_text=IMPRESSION_TEXT,
-                findings=list(FINDINGS), series_instance_uid=series_uid, sop_instance_uid=sop_uid,
-                series_number=9001, instance_number=1, device=DEVICE, algorithm=ALGORITHM,
-                document=document, series_description="MS-VLM AI report (not verified)",
-                institution_name="General Hospital", replaces=replaced, content_datetime=WHEN)
+        replaced = ReplacedDocument(
+            study_instance_uid=STUDY,
+            series_instance_uid=old_series,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11",
+            sop_instance_uid=old_sop,
+        )
+    return dict(
+        evidence=ct_evidence(),
+        findings_text=FINDINGS_TEXT,
+        impression_text=IMPRESSION_TEXT,
+        findings=list(FINDINGS),
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        series_number=9001,
+        instance_number=1,
+        device=DEVICE,
+        algorithm=ALGORITHM,
+        document=document,
+        series_description="MS-VLM AI report (not verified)",
+        institution_name="General Hospital",
+        replaces=replaced,
+        content_datetime=WHEN,
+    )
 
 
 @dataclass
@@ -114,8 +159,11 @@ def read_back(ds: Dataset) -> ReadBack:
             elif child.value_type.value == "CODE":
                 last = (name.value, name.scheme_designator)
                 present = {"52101004": True, "272519000": False}[child.value.value]
-                nested = [c for c in child.get("ContentSequence", [])
-                          if c.ConceptNameCodeSequence[0].CodeValue == "122157"]
+                nested = [
+                    c
+                    for c in child.get("ContentSequence", [])
+                    if c.ConceptNameCodeSequence[0].CodeValue == "122157"
+                ]
                 probability = float(nested[0].TextValue) if nested else float("nan")
                 out.coded[last] = (name.meaning, present, probability)
             elif name.value == "122157" and last is not None:
@@ -126,8 +174,14 @@ def read_back(ds: Dataset) -> ReadBack:
 
 def evidence_uids(ds: Dataset) -> list[tuple[str, str, str, str]]:
     """(study, series, SOP class, SOP instance) listed in CurrentRequestedProcedureEvidenceSequence."""
-    return [(study.StudyInstanceUID, series.SeriesInstanceUID, ref.ReferencedSOPClassUID,
-             ref.ReferencedSOPInstanceUID)
-            for study in ds.CurrentRequestedProcedureEvidenceSequence
-            for series in study.ReferencedSeriesSequence
-            for ref in series.ReferencedSOPSequence]
+    return [
+        (
+            study.StudyInstanceUID,
+            series.SeriesInstanceUID,
+            ref.ReferencedSOPClassUID,
+            ref.ReferencedSOPInstanceUID,
+        )
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    ]

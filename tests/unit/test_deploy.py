@@ -48,6 +48,7 @@ Doc = dict[str, Any]
 
 # --- YAML ------------------------------------------------------------------------------------
 
+
 class _Loader(yaml.SafeLoader):
     """Safe YAML plus compose's merge tags (``!reset``, ``!override``)."""
 
@@ -86,8 +87,13 @@ def load_one(path: Path) -> Any:
 
 #: list fields merged item by item in a strategic merge patch (Kubernetes' patchMergeKey);
 #: every other list is replaced whole, as Kubernetes does for e.g. tolerations and accessModes
-_MERGE_KEYS = {"containers": ("name",), "initContainers": ("name",), "env": ("name",),
-               "volumes": ("name",), "volumeMounts": ("mountPath",)}
+_MERGE_KEYS = {
+    "containers": ("name",),
+    "initContainers": ("name",),
+    "env": ("name",),
+    "volumes": ("name",),
+    "volumeMounts": ("mountPath",),
+}
 
 
 def _identity(field: str, item: Any) -> tuple[Any, ...] | None:
@@ -155,8 +161,14 @@ def render_builtin(directory: Path) -> list[Doc]:
         behavior = generator.get("behavior", "create")
         if behavior == "create":
             assert existing is None, f"ConfigMap {generator['name']} generated twice"
-            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]},
-                         "data": data})
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": generator["name"]},
+                    "data": data,
+                }
+            )
         else:
             assert existing is not None, f"behavior {behavior}: no ConfigMap {generator['name']} to change"
             existing["data"] = data if behavior == "replace" else {**existing.get("data", {}), **data}
@@ -196,8 +208,11 @@ def render_kubectl(directory: Path) -> list[Doc] | None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr}"
     docs = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
-    generated = {g["name"] for k in KUSTOMIZATIONS.values()
-                 for g in load_one(k / "kustomization.yaml").get("configMapGenerator", [])}
+    generated = {
+        g["name"]
+        for k in KUSTOMIZATIONS.values()
+        for g in load_one(k / "kustomization.yaml").get("configMapGenerator", [])
+    }
     names = "|".join(map(re.escape, sorted(generated)))
     pattern = re.compile(rf"^({names})-[a-z0-9]{{10}}$")
 
@@ -247,13 +262,15 @@ def rendered(name: str, renderer: str) -> list[Doc]:
     return copy.deepcopy(docs)
 
 
-@pytest.fixture(params=[(n, r) for n in KUSTOMIZATIONS for r in ("builtin", "kubectl")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    params=[(n, r) for n in KUSTOMIZATIONS for r in ("builtin", "kubectl")], ids=lambda p: f"{p[0]}-{p[1]}"
+)
 def manifests(request: pytest.FixtureRequest) -> list[Doc]:
     return rendered(*request.param)
 
 
 # --- settings and the CLI ------------------------------------------------------------------
+
 
 def check_env_name(name: str) -> None:
     """``MSVLM_NODE_<TABLE>__<KEY>`` must name a field of Settings (or a pending [api] key)."""
@@ -320,6 +337,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 # --- every file --------------------------------------------------------------------------------
 
+
 def test_every_yaml_and_json_file_in_deploy_parses() -> None:
     yaml_files = sorted(DEPLOY.rglob("*.yaml")) + sorted(DEPLOY.rglob("*.yml"))
     assert len(yaml_files) >= 10
@@ -332,13 +350,17 @@ def test_every_yaml_and_json_file_in_deploy_parses() -> None:
 def test_every_toml_file_in_deploy_loads_as_settings() -> None:
     tomls = sorted(DEPLOY.rglob("*.toml"))
     assert {p.relative_to(DEPLOY).as_posix() for p in tomls} >= {
-        "config/container.toml", "config/production.toml", "k8s/base/node.toml",
-        "k8s/overlays/cpu-demo/node.toml"}
+        "config/container.toml",
+        "config/production.toml",
+        "k8s/base/node.toml",
+        "k8s/overlays/cpu-demo/node.toml",
+    }
     for path in tomls:
         load_settings(path)  # unknown keys (an [api] table before Settings has one) fail here
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
+
 
 def test_kustomizations_list_only_files_that_exist() -> None:
     for directory in KUSTOMIZATIONS.values():
@@ -400,7 +422,8 @@ def test_names_are_unique_and_references_resolve(manifests: list[Doc]) -> None:
         if doc["kind"] == "StatefulSet":
             assert doc["spec"]["serviceName"] in names["Service"], where
         claims = names.get("PersistentVolumeClaim", set()) | {
-            t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+            t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])
+        }
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         volumes.update({t["metadata"]["name"]: t for t in doc["spec"].get("volumeClaimTemplates", [])})
         for volume in spec.get("volumes", []):
@@ -457,7 +480,8 @@ def test_probes_and_services_point_at_declared_ports(manifests: list[Doc]) -> No
             for port in service["spec"]["ports"]:
                 assert port.get("targetPort", port["port"]) in targets, (
                     f"Service {service['metadata']['name']}: targetPort {port.get('targetPort')} "
-                    f"not on {workload['metadata']['name']}")
+                    f"not on {workload['metadata']['name']}"
+                )
 
 
 def test_pods_meet_the_restricted_pod_security_profile(manifests: list[Doc]) -> None:
@@ -493,8 +517,9 @@ def test_secret_template_is_marked_and_consistent(manifests: list[Doc]) -> None:
     for name in node:
         check_env_name(name)
     assert isinstance(json.loads(node["MSVLM_NODE_API__TOKENS"]), list)
-    url = re.fullmatch(r"postgresql\+psycopg://([^:]+):([^@]+)@([^:/]+):(\d+)/(\w+)",
-                       node["MSVLM_NODE_DATABASE__URL"])
+    url = re.fullmatch(
+        r"postgresql\+psycopg://([^:]+):([^@]+)@([^:/]+):(\d+)/(\w+)", node["MSVLM_NODE_DATABASE__URL"]
+    )
     assert url, "the node's database URL is not postgresql+psycopg://user:password@host:port/db"
     postgres = secrets["msvlm-postgres"]["stringData"]
     assert url.groups()[:2] == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
@@ -644,8 +669,9 @@ def test_readme_snippets_and_paths_are_real(monkeypatch: pytest.MonkeyPatch) -> 
         if validator is not None:
             validator.validate(pod, KUBERNETES_VERSIONS[0], strict=True)
         claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]}
-        assert claims <= {d["metadata"]["name"] for d in rendered("base", "builtin")
-                          if d["kind"] == "PersistentVolumeClaim"}
+        assert claims <= {
+            d["metadata"]["name"] for d in rendered("base", "builtin") if d["kind"] == "PersistentVolumeClaim"
+        }
     services = compose_file()["services"]
     for override in overrides:
         for name, service in override["services"].items():
@@ -720,8 +746,12 @@ def test_compose_volumes_are_declared_and_bind_mounts_exist() -> None:
                 assert source in declared, f"{name}: volume {source} is not declared"
                 used.add(source)
     assert used == declared, f"declared but unused: {declared - used}"
-    storage = {name: volume for name, service in node_services(compose).items()
-               for volume in service["volumes"] if volume.startswith("storage:")}
+    storage = {
+        name: volume
+        for name, service in node_services(compose).items()
+        for volume in service["volumes"]
+        if volume.startswith("storage:")
+    }
     assert storage.keys() >= {"receiver", "worker"} and len(set(storage.values())) == 1
 
 
@@ -825,8 +855,13 @@ def test_systemd_unit_is_hardened_and_runs_msvlm_node(unit: str, monkeypatch: py
     one = {k: v[-1] for k, v in service.items()}
     assert one["User"] not in ("root", "0") and one["Restart"] == "on-failure"
     assert "/etc/msvlm-node/env" in service["EnvironmentFile"]
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes",
-                       "KillSignal": "SIGTERM", "ProtectHome": "yes"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "KillSignal": "SIGTERM",
+        "ProtectHome": "yes",
+    }.items():
         assert one[key] == value, f"{unit}: {key}"
     env: dict[str, str] = {}
     for line in service["Environment"]:
@@ -860,21 +895,29 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path: Path) -> None:
         text = text.replace("/opt/msvlm-node/venv/bin/msvlm-node", "/bin/true")
         (tmp_path / unit.replace("@.", "@0.")).write_text(text, encoding="utf-8")
     units = [str(tmp_path / u.replace("@.", "@0.")) for u in UNITS]
-    result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60, check=False
+    )
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if "msvlm-node" in line]
     assert not complaints, "\n".join(complaints)
 
 
 # --- Dockerfile --------------------------------------------------------------------------------
 
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuations joined and comments dropped."""
-    lines = [line for line in (DEPLOY / "Dockerfile").read_text(encoding="utf-8").splitlines()
-             if not line.lstrip().startswith("#")]
+    lines = [
+        line
+        for line in (DEPLOY / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        if not line.lstrip().startswith("#")
+    ]
     joined = re.sub(r"\\\n", " ", "\n".join(lines))
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip() if " " in line.strip() else "")
-            for line in joined.splitlines() if line.strip()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip() if " " in line.strip() else "")
+        for line in joined.splitlines()
+        if line.strip()
+    ]
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -903,8 +946,11 @@ def test_dockerfile_builds_a_non_root_image_with_both_torch_variants() -> None:
     assert args["VARIANT"] == "cpu"
     text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"\bcpu\)", text) and re.search(r"\bcuda\)", text), "both VARIANT values handled"
-    torch = next(d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-                 if d.startswith("torch"))
+    torch = next(
+        d
+        for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("torch")
+    )
     assert Version(args["TORCH_VERSION"]) in SpecifierSet(torch.removeprefix("torch"))
     run = " ".join(a for op, a in stage if op == "RUN")
     assert "dcmtk" in run and "dicom3tools" in run and "--no-install-recommends" in run
@@ -935,6 +981,13 @@ def test_dockerignore_sends_what_the_image_copies_and_nothing_else() -> None:
         assert not dockerignore_excludes(source), f"COPY {source}: excluded by Dockerfile.dockerignore"
     for kept in ("node/cli.py", "migrations/env.py", "models/__init__.py", "models/weights/demo/config.json"):
         assert not dockerignore_excludes(kept), kept
-    for left_out in ("tests/conftest.py", "var/msvlm-node.db", "bench/x.py", ".git/HEAD", ".venv/bin/python",
-                     "node/__pycache__/cli.cpython-311.pyc", "models/weights/big/model.safetensors"):
+    for left_out in (
+        "tests/conftest.py",
+        "var/msvlm-node.db",
+        "bench/x.py",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "node/__pycache__/cli.cpython-311.pyc",
+        "models/weights/big/model.safetensors",
+    ):
         assert dockerignore_excludes(left_out), left_out

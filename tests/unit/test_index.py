@@ -21,8 +21,12 @@ def _encode(ds) -> bytes:  # type: ignore[no-untyped-def]
 
 
 def _inspect(data: bytes, ds):  # type: ignore[no-untyped-def]
-    return inspect_encoded(data, requested_sop_class=ds.SOPClassUID, requested_sop_instance=ds.SOPInstanceUID,
-                           transfer_syntax=ds.file_meta.TransferSyntaxUID)
+    return inspect_encoded(
+        data,
+        requested_sop_class=ds.SOPClassUID,
+        requested_sop_instance=ds.SOPInstanceUID,
+        transfer_syntax=ds.file_meta.TransferSyntaxUID,
+    )
 
 
 def test_good_instance_yields_the_indexed_facts() -> None:
@@ -61,13 +65,21 @@ def test_missing_pixel_data_and_mismatched_uids() -> None:
     assert caught.value.status == Status.MISSING_ATTRIBUTE
     other = ct_slice(study=generate_uid(), series=generate_uid(), index=1)
     with pytest.raises(RejectedInstance) as caught:
-        inspect_encoded(_encode(other), requested_sop_class=other.SOPClassUID,
-                        requested_sop_instance=generate_uid(), transfer_syntax=other.file_meta.TransferSyntaxUID)
+        inspect_encoded(
+            _encode(other),
+            requested_sop_class=other.SOPClassUID,
+            requested_sop_instance=generate_uid(),
+            transfer_syntax=other.file_meta.TransferSyntaxUID,
+        )
     assert caught.value.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 
 def test_garbage_is_cannot_understand(tmp_path: Path) -> None:
     with pytest.raises(RejectedInstance) as caught:
-        inspect_encoded(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10", requested_sop_class="1.2",
-                        requested_sop_instance="1.3", transfer_syntax="1.2.840.10008.1.2.1")
+        inspect_encoded(
+            b"\x00" * 128 + b"DICM" + b"\x02\x00\x10",
+            requested_sop_class="1.2",
+            requested_sop_instance="1.3",
+            transfer_syntax="1.2.840.10008.1.2.1",
+        )
     assert caught.value.status == Status.CANNOT_UNDERSTAND

@@ -14,8 +14,9 @@ def test_valid_uids_pass(uid: str) -> None:
     assert validate_uid(uid, "UID") == uid
 
 
-@pytest.mark.parametrize("uid", ["", "1.02.3", "1..2", "1.2.", "../../etc/passwd", "1.2/3", "1.2.3a",
-                                 "1." + "2" * 70, " 1.2"])
+@pytest.mark.parametrize(
+    "uid", ["", "1.02.3", "1..2", "1.2.", "../../etc/passwd", "1.2/3", "1.2.3a", "1." + "2" * 70, " 1.2"]
+)
 def test_invalid_uids_never_reach_a_path(uid: str, tmp_path: Path) -> None:
     store = InstanceStore(tmp_path, min_free_mb=0, max_used_percent=100, fsync=False)
     with pytest.raises(InvalidUIDError):
