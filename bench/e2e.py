@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from models.phantom import PhantomSpec, generate_study, write_study  # noqa: E402
 from node.modelinfo import BUNDLED_DEMO  # noqa: E402
 from node.schema import Delivery, Job  # noqa: E402
+from tests.support import dcmtk  # noqa: E402
 from tests.support.node import free_port, write_config  # noqa: E402
 
 
@@ -114,20 +115,8 @@ def main() -> int:
                 study,
             )
             files = sorted(study.rglob("*.dcm"))
-            sent = subprocess.run(
-                [
-                    "/usr/bin/storescu",
-                    "-aet",
-                    "STORESCU",
-                    "-aec",
-                    "MSVLM",
-                    "127.0.0.1",
-                    str(port),
-                    *map(str, files),
-                ],
-                env={**os.environ, "TCP_NODELAY": "1"},
-                capture_output=True,
-                text=True,
+            sent = dcmtk.run(
+                "storescu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(port), *map(str, files)
             )
             if sent.returncode != 0:
                 raise RuntimeError(sent.stderr)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from models.phantom import PhantomSpec, generate_study, write_study  # noqa: E402
 from node.modelinfo import BUNDLED_DEMO  # noqa: E402
 from node.schema import Job  # noqa: E402
+from tests.support import dcmtk  # noqa: E402
 from tests.support.node import free_port, write_config  # noqa: E402
 
 
@@ -60,21 +61,9 @@ def run(
     try:
         time.sleep(3)
         for files in studies:
-            subprocess.run(
-                [
-                    "/usr/bin/storescu",
-                    "-aet",
-                    "STORESCU",
-                    "-aec",
-                    "MSVLM",
-                    "127.0.0.1",
-                    str(port),
-                    *map(str, files),
-                ],
-                env={**os.environ, "TCP_NODELAY": "1"},
-                check=True,
-                capture_output=True,
-            )
+            dcmtk.run(
+                "storescu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(port), *map(str, files)
+            ).check_returncode()
         _until(lambda: _count(engine, "pending") == len(studies), 300)
         procs = [
             subprocess.Popen(

@@ -40,7 +40,8 @@ def parse_since(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """Ledger times as ISO 8601 to the second, for tables and JSON alike."""
     return value.isoformat(timespec="seconds") if value else None
 
 
@@ -69,8 +70,8 @@ def list_jobs(
             "views": job.view_count,
             "attempts": job.attempts,
             "signal": job.settle_signal,
-            "created_at": _iso(job.created_at),
-            "finished_at": _iso(job.finished_at),
+            "created_at": iso(job.created_at),
+            "finished_at": iso(job.finished_at),
             "worker": job.worker,
             "error": (job.error or "")[:200] or None,
         }
@@ -105,10 +106,10 @@ def show_job(session: Session, job_id: int) -> dict[str, Any]:
         "model": {"name": job.model_name, "version": job.model_version, "weights_sha256": job.weights_sha256},
         "error": job.error,
         "timings": {
-            "last_instance_at": _iso(job.last_instance_at),
-            "created_at": _iso(job.created_at),
-            "started_at": _iso(job.started_at),
-            "finished_at": _iso(job.finished_at),
+            "last_instance_at": iso(job.last_instance_at),
+            "created_at": iso(job.created_at),
+            "started_at": iso(job.started_at),
+            "finished_at": iso(job.finished_at),
             "settle_seconds": settle_seconds,
             "queue_seconds": queue_seconds,
             "load_seconds": job.load_seconds,
@@ -133,13 +134,13 @@ def show_job(session: Session, job_id: int) -> dict[str, Any]:
                 "state": d.state,
                 "status": None if d.status_code is None else f"0x{d.status_code:04X}",
                 "error": d.error,
-                "not_before": _iso(d.not_before),
-                "finished_at": _iso(d.finished_at),
+                "not_before": iso(d.not_before),
+                "finished_at": iso(d.finished_at),
             }
             for d in deliveries
         ],
         "events": [
-            {"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "actor": e.actor, "detail": e.detail}
+            {"at": iso(e.at), "from": e.from_state, "to": e.to_state, "actor": e.actor, "detail": e.detail}
             for e in events
         ],
     }
@@ -201,7 +202,7 @@ def list_studies(
                 "accession_number": study.accession_number,
                 "study_date": study.study_date,
                 "instances": instances,
-                "last_received_at": _iso(last) if isinstance(last, datetime) else str(last),
+                "last_received_at": iso(last) if isinstance(last, datetime) else str(last),
                 "latest_job": job_id,
                 "job_state": job_state,
             }
@@ -228,8 +229,8 @@ def show_study(session: Session, study_uid: str) -> dict[str, Any]:
         "accession_number": study.accession_number,
         "study_date": study.study_date,
         "study_description": study.study_description,
-        "first_received_at": _iso(study.first_received_at),
-        "settled_at": _iso(study.settled_at),
+        "first_received_at": iso(study.first_received_at),
+        "settled_at": iso(study.settled_at),
         "series": [
             {
                 "series_instance_uid": s.series_instance_uid,

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from node.admin import NotFound
+from node.admin import NotFound, iso
 from node.admin import parse_since as parse_duration_or_date
 from node.api_models import Check
 from node.config import Settings
@@ -29,10 +29,6 @@ from node.errors import DatabaseError, NodeError
 from node.jobs import JobState, transition
 from node.modelinfo import model_path
 from node.schema import Association, Delivery, Job
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds") if value else None
 
 
 def parse_since(value: str | None) -> datetime | None:
@@ -70,9 +66,9 @@ def list_deliveries(
             "port": d.port,
             "attempt": d.attempt,
             "state": d.state,
-            "not_before": _iso(d.not_before),
-            "started_at": _iso(d.started_at),
-            "finished_at": _iso(d.finished_at),
+            "not_before": iso(d.not_before),
+            "started_at": iso(d.started_at),
+            "finished_at": iso(d.finished_at),
             "worker": d.worker,
             "error": d.error,
             "status": None if d.status_code is None else f"0x{d.status_code:04X}",
@@ -97,8 +93,8 @@ def list_associations(
             "peer_port": a.peer_port,
             "tls": a.tls,
             "receiver": a.receiver,
-            "started_at": _iso(a.started_at),
-            "ended_at": _iso(a.ended_at),
+            "started_at": iso(a.started_at),
+            "ended_at": iso(a.ended_at),
             "outcome": a.outcome,
             "rejection_reason": a.rejection_reason,
             "instances_received": a.instances_received,

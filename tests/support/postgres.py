@@ -9,13 +9,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
 import psycopg
+
+from tests.support.node import free_port
 
 
 def _pg_bin(name: str) -> str:
@@ -28,18 +29,12 @@ def _pg_bin(name: str) -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ThrowawayPostgres:
     """initdb + pg_ctl start in a temporary directory; ``stop()`` removes it."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="msvlm-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self._as_root = os.geteuid() == 0
         if self._as_root:
             shutil.chown(self.dir, "postgres", "postgres")
