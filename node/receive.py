@@ -241,6 +241,12 @@ class ReusePortServer(ThreadedAssociationServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept with Nagle off: each C-STORE response is a small write the sender waits for."""
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     sec = settings.security
