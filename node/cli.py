@@ -293,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["phantom"]:  # its own parser, its own --help; it needs no node settings
+        from models.phantom.cli import main as phantom_main
+
+        return phantom_main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     for dest, variable in ENV_MIRRORS.items():
         value = getattr(args, dest, None)
         if value is not None:

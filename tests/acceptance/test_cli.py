@@ -1,0 +1,52 @@
+"""The msvlm-node command as an admin or AI team uses it (subprocesses, real files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.acceptance
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "node", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=300)
+
+
+def test_phantom_command_writes_a_study_with_its_answer_key(tmp_path: Path) -> None:
+    assert "usage" in _run("phantom", "--help", cwd=tmp_path).stdout.lower()
+    result = _run("phantom", str(tmp_path / "ct"), "--modality", "CT", "--findings", "lung_nodule",
+                  "--seed", "4", "--matrix", "32", "--slices", "10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    truth = json.loads((tmp_path / "ct" / "truth.json").read_text())
+    assert truth["labels"]["lung_nodule"] == 1
+    assert list((tmp_path / "ct").rglob("*.dcm"))
+
+
+def test_db_upgrade_then_listings_on_an_empty_ledger(tmp_path: Path) -> None:
+    env = {"MSVLM_NODE_DATABASE__URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    refused = _run("jobs", "list", cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and "msvlm-node db upgrade" in refused.stderr
+    assert _run("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    assert _run("db", "check", cwd=tmp_path, env=env).returncode == 0
+    assert json.loads(_run("jobs", "list", "--json", cwd=tmp_path, env=env).stdout) == []
+    assert json.loads(_run("studies", "list", "--json", cwd=tmp_path, env=env).stdout) == []
+    missing = _run("jobs", "show", "7", cwd=tmp_path, env=env)
+    assert missing.returncode == 2 and "no job 7" in missing.stderr
+    bad = _run("jobs", "list", "--since", "yesterday-ish", cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_bad_configuration_stops_with_the_key_named(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[node]\nport = 99999\n")
+    result = _run("--config", str(config), "serve", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "node.port" in result.stderr
