@@ -1,0 +1,196 @@
+"""Evaluate a saved report model on held-out phantom studies or on a dataset folder.
+
+    python -m models.evaluate --model models/weights/demo --phantoms 100 --seed 1 [--json]
+    python -m models.evaluate --model DIR --data DATASET_DIR [--json]
+
+Prints BLEU-1..4, METEOR, ROUGE-L (`models.training.metrics`), clinical efficacy (findings
+named in the generated text by the negation-aware labeller against the truth: truth.json
+for phantoms, else dataset.jsonl labels, else the labeller on the reference report) and the
+findings head's macro AUC. `--json` prints exactly one JSON object. Phantoms are written to
+a temporary folder with study seeds `seed * 100000 + index`; use a seed other than the
+training data's (training.json records it; a clash is refused).
+Every option has an environment mirror, MSVLM_EVAL_<OPTION>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.msvlm import ReportGenerator
+from models.training.data import DatasetError, IndexEntry, load_study_views, make_phantoms, read_index
+from models.training.labeller import PATTERNS, extract_findings
+from models.training.metrics import clinical_efficacy, corpus_bleu, macro_auc, meteor, rouge_l
+
+
+def truth_labels(entry: IndexEntry) -> dict[str, int]:
+    """truth.json's labels when the study has one, else the index's, else the labeller's."""
+    truth_file = entry.folder / "truth.json"
+    if truth_file.is_file():
+        return {k: int(v) for k, v in json.loads(truth_file.read_text())["labels"].items()}
+    if entry.labels:
+        return dict(entry.labels)
+    return extract_findings(entry.report)
+
+
+def training_phantom_seed(model_dir: Path) -> int | None:
+    path = model_dir / "training.json"
+    if not path.is_file():
+        return None
+    seed = json.loads(path.read_text()).get("data", {}).get("phantom_seed")
+    return None if seed is None else int(seed)
+
+
+def evaluate_entries(
+    generator: ReportGenerator,
+    entries: Sequence[IndexEntry],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 192,
+    num_beams: int = 1,
+    with_meteor: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the model on every study and compute all metrics (a JSON-able dict)."""
+    start = time.perf_counter()
+    hypotheses: list[str] = []
+    probabilities: list[dict[str, float]] = []
+    truths = [truth_labels(e) for e in entries]
+    for first in range(0, len(entries), batch_size):
+        chunk = entries[first : first + batch_size]
+        studies = [load_study_views(e.folder) for e in chunk]
+        for output in generator.generate_reports(studies, max_new_tokens=max_new_tokens, num_beams=num_beams):
+            hypotheses.append(output.text)
+            probabilities.append(output.findings)
+        if progress:
+            print(
+                f"  {len(hypotheses)}/{len(entries)} studies ({time.perf_counter() - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    references = [[e.report] for e in entries]
+    known = set(PATTERNS)
+    predicted = [
+        extract_findings(h, [k for k in t if k in known]) for h, t in zip(hypotheses, truths, strict=True)
+    ]
+    bleu = corpus_bleu(hypotheses, references)
+    ce = clinical_efficacy(truths, predicted)
+    head_truth = [{k: v for k, v in t.items() if k in p} for t, p in zip(truths, probabilities, strict=True)]
+    auc, auc_per_label = macro_auc(head_truth, probabilities)
+    head_predicted = [{k: int(p[k] > 0.5) for k in t} for t, p in zip(head_truth, probabilities, strict=True)]
+    head_ce = clinical_efficacy(head_truth, head_predicted)
+    return {
+        "n": len(entries),
+        "bleu1": bleu[0],
+        "bleu2": bleu[1],
+        "bleu3": bleu[2],
+        "bleu4": bleu[3],
+        "meteor": meteor(hypotheses, references) if with_meteor else None,
+        "rouge_l": rouge_l(hypotheses, references),
+        "ce_precision": ce.precision,
+        "ce_recall": ce.recall,
+        "ce_f1": ce.f1,
+        "ce_macro_f1": ce.macro_f1,
+        "ce_per_label": ce.per_label,
+        "findings_auc": auc,
+        "findings_auc_per_label": auc_per_label,
+        "findings_head_f1": head_ce.f1,
+        "seconds": time.perf_counter() - start,
+        "examples": [
+            {"reference": e.report, "generated": h} for e, h in zip(entries[:2], hypotheses[:2], strict=False)
+        ],
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def print_table(model: str, result: dict[str, Any]) -> None:
+    print(f"model {model}: {result['n']} studies in {result['seconds']:.1f} s")
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l"):
+        print(f"  {key:<14}{_fmt(result[key])}")
+    print(f"  CE precision  {_fmt(result['ce_precision'])}\n  CE recall     {_fmt(result['ce_recall'])}")
+    print(f"  CE F1 (micro) {_fmt(result['ce_f1'])}\n  CE F1 (macro) {_fmt(result['ce_macro_f1'])}")
+    print(
+        f"  findings AUC  {_fmt(result['findings_auc'])}  "
+        f"(head F1 at 0.5: {_fmt(result['findings_head_f1'])})"
+    )
+    for key, values in result["ce_per_label"].items():
+        auc = result["findings_auc_per_label"].get(key)
+        print(
+            f"    {key:<18} F1 {values['f1']:.3f}  P {values['precision']:.3f}  R {values['recall']:.3f}  "
+            f"positives {int(values['positives'])}  AUC {_fmt(auc)}"
+        )
+    for example in result["examples"]:
+        print("  reference:", " ".join(example["reference"].split()))
+        print("  generated:", example["generated"])
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"MSVLM_EVAL_{name}", default)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=_env("MODEL"), required=_env("MODEL") is None)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--phantoms", type=int, default=int(_env("PHANTOMS", "0") or 0), metavar="N")
+    source.add_argument("--data", type=Path, default=_env("DATA"))
+    parser.add_argument(
+        "--seed", type=int, default=int(_env("SEED", "1") or 1), help="phantom seed (held out)"
+    )
+    parser.add_argument("--matrix", type=int, default=int(_env("MATRIX", "64") or 64))
+    parser.add_argument("--slices", type=int, default=int(_env("SLICES", "24") or 24))
+    parser.add_argument("--batch-size", type=int, default=int(_env("BATCH_SIZE", "8") or 8))
+    parser.add_argument("--max-new-tokens", type=int, default=int(_env("MAX_NEW_TOKENS", "192") or 192))
+    parser.add_argument("--num-beams", type=int, default=int(_env("NUM_BEAMS", "1") or 1))
+    parser.add_argument(
+        "--no-meteor",
+        action="store_true",
+        default=_env("NO_METEOR", "") in ("1", "true"),
+        help="skip METEOR (it starts a JVM)",
+    )
+    parser.add_argument("--json", action="store_true", default=_env("JSON", "") in ("1", "true"))
+    args = parser.parse_args(argv)
+    try:
+        if (args.phantoms > 0) == (args.data is not None):
+            raise DatasetError("give either --phantoms N (with --seed) or --data DIR")
+        if args.phantoms and training_phantom_seed(args.model) == args.seed:
+            raise DatasetError(f"--seed {args.seed} is the seed the model was trained on; pick another")
+        generator = ReportGenerator.from_pretrained(args.model)
+        with contextlib.ExitStack() as stack:
+            if args.phantoms:
+                data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="msvlm-eval-")))
+                make_phantoms(data, args.phantoms, seed=args.seed, matrix=args.matrix, slices=args.slices)
+            else:
+                data = args.data
+            result = evaluate_entries(
+                generator,
+                read_index(data),
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                num_beams=args.num_beams,
+                with_meteor=not args.no_meteor,
+                progress=not args.json,
+            )
+    except (DatasetError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"model": str(args.model), **result}))
+    else:
+        print_table(str(args.model), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Train MS-VLM (or the 3D-patch baseline) on a dataset folder and save a model folder.
+
+    python -m models.train --preset demo --make-phantoms 400 --data /tmp/phantoms \\
+        --out models/weights/demo [--seed 0] [--baseline]
+
+The data folder holds study folders of DICOM files and `dataset.jsonl` (what
+`models.phantom.write_dataset` writes); `--make-phantoms N` writes N phantom studies there
+first. Every study is read once through the node's grouping and volume loader and kept
+preprocessed in memory. Stages (see `models.training.stages`): 0 DINO on slices, slice
+features cached, 1 masked embedding modelling, 2a LM warm-up on the reports, 2 bridge
+alignment with the LM frozen, 3 report tuning with the findings head. The output folder
+loads with `ReportGenerator.from_pretrained` and carries `findings.json` (the coded finding
+vocabulary the node's SR writer uses) and `training.json` (stages, losses, times, data).
+Every option has an environment mirror, MSVLM_TRAIN_<OPTION>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from models.msvlm import (
+    MsVlmForReportGeneration,
+    MsVlmProcessor,
+    Placement,
+    ProcessorSettings,
+    ReportGenerator,
+)
+from models.msvlm.configuration_msvlm import ReportModelConfig
+from models.msvlm.presets import PRESET_NAMES, msvlm_preset
+from models.msvlm.report_model import ReportModelBase
+from models.msvlm.tokenizer import build_word_tokenizer
+from models.training.data import (
+    DatasetError,
+    IndexEntry,
+    StudyRecord,
+    load_dataset,
+    make_phantoms,
+    read_index,
+)
+from models.training.dino import train_dino
+from models.training.labeller import extract_findings
+from models.training.stages import (
+    Schedule,
+    StageLog,
+    baseline_stages,
+    cache_slice_features,
+    lm_warmup,
+    schedule_for,
+    stage1_mem,
+    stage2_align,
+    stage3_tune,
+)
+
+MODEL_VERSION = "1"
+FINDINGS_FILE = "findings.json"
+TRAINING_FILE = "training.json"
+
+
+def finding_vocabulary() -> list[dict[str, str]]:
+    """models.phantom.FINDINGS as the node's findings.json entries."""
+    from models.phantom import FINDINGS
+
+    return [
+        {
+            "key": f.key,
+            "display": f.display,
+            "code_value": f.code.value,
+            "coding_scheme": f.code.scheme,
+            "code_meaning": f.code.meaning,
+        }
+        for f in FINDINGS
+    ]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_tokenizer(reports: Sequence[str], config: ReportModelConfig) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the training reports and every word a prompt can contain."""
+    probe = MsVlmProcessor(
+        tokenizer=build_word_tokenizer(["x"]), settings=ProcessorSettings.from_model_config(config)
+    )
+    return build_word_tokenizer([*reports, *probe.prompt_corpus()])
+
+
+def make_config(preset: str, *, baseline: bool, vocab_size: int) -> ReportModelConfig:
+    labels = [entry["key"] for entry in finding_vocabulary()]
+    config: ReportModelConfig
+    if baseline:
+        from models.baseline3d import baseline3d_preset
+
+        config = baseline3d_preset(preset, vocab_size=vocab_size)
+        config.model_name = f"msvlm-baseline3d-{preset}"
+    else:
+        config = msvlm_preset(preset, vocab_size=vocab_size)
+        config.model_name = f"msvlm-{preset}"
+    config.finding_labels = labels
+    # Findings are small against a whole study: attention pooling lets the head pick the
+    # slices that show them, and a heavier findings loss pulls the encoder towards them.
+    config.findings_pooling = "attention"
+    config.findings_loss_weight = 2.0
+    config.model_version = MODEL_VERSION
+    config.check()
+    return config
+
+
+def _labelled(entries: Sequence[IndexEntry]) -> list[IndexEntry]:
+    """Entries without labels get them from the rule-based labeller on their report."""
+    return [
+        entry
+        if entry.labels
+        else IndexEntry(folder=entry.folder, report=entry.report, labels=extract_findings(entry.report))
+        for entry in entries
+    ]
+
+
+def train_msvlm(
+    model: MsVlmForReportGeneration,
+    processor: MsVlmProcessor,
+    studies: list[StudyRecord],
+    schedule: Schedule,
+    seed: int,
+) -> list[StageLog]:
+    logs = []
+    slices = torch.cat([view for study in studies for view in study.pixels])
+    print(f"stage0 dino: {slices.shape[0]} slices, {schedule.dino.steps} steps", flush=True)
+    start = time.perf_counter()
+    teacher, losses = train_dino(model.vision_model, slices, schedule.dino, seed=seed)
+    model.vision_model.load_state_dict(teacher.state_dict())
+    dino = StageLog(
+        name="stage0 dino",
+        seconds=time.perf_counter() - start,
+        first_loss=losses[0],
+        last_loss=float(np.mean(losses[-10:])),
+        epoch_losses=[],
+    )
+    logs.append(dino)
+    print(dino.line(), flush=True)
+    del slices
+
+    start = time.perf_counter()
+    features = cache_slice_features(model, studies)
+    cache = StageLog(name="slice feature cache", seconds=time.perf_counter() - start)
+    logs.append(cache)
+    print(f"{cache.name}: {sum(len(f) for f in features)} views in {cache.seconds:.1f} s", flush=True)
+
+    steps = (
+        lambda: stage1_mem(
+            model, processor, studies, features, schedule.mem, mask_ratio=schedule.mask_ratio, seed=seed
+        ),
+        lambda: lm_warmup(model, processor, studies, schedule.lm_warmup, seed=seed),
+        lambda: stage2_align(model, processor, studies, features, schedule.align, seed=seed),
+        lambda: stage3_tune(
+            model,
+            processor,
+            studies,
+            features,
+            schedule.tune,
+            lora=schedule.lora,
+            tune_vision_layers=schedule.tune_vision_layers,
+            seed=seed,
+        ),
+    )
+    for run in steps:
+        log = run()
+        logs.append(log)
+        print(log.line(), flush=True)
+    return logs
+
+
+def train(
+    *,
+    preset: str,
+    data: Path,
+    out: Path,
+    seed: int = 0,
+    baseline: bool = False,
+    make: int = 0,
+    phantom_seed: int | None = None,
+    matrix: int = 64,
+    slices: int = 24,
+    schedule: Schedule | None = None,
+) -> ReportGenerator:
+    """Everything `python -m models.train` does; returns the trained generator (also saved).
+
+    `schedule` overrides the preset's stage budgets (tests use a few steps).
+    """
+    schedule = schedule or schedule_for(preset)
+    total_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if make:
+        start = time.perf_counter()
+        make_phantoms(
+            data, make, seed=seed if phantom_seed is None else phantom_seed, matrix=matrix, slices=slices
+        )
+        timings["make_phantoms"] = time.perf_counter() - start
+        print(f"wrote {make} phantom studies to {data} in {timings['make_phantoms']:.1f} s", flush=True)
+    entries = _labelled(read_index(data))
+    seed_everything(seed)
+    probe_config = make_config(preset, baseline=baseline, vocab_size=4096)
+    tokenizer = build_tokenizer([e.report for e in entries], probe_config)
+    vocab_size = -(-len(tokenizer) // 8) * 8
+    config = make_config(preset, baseline=baseline, vocab_size=vocab_size)
+    processor = MsVlmProcessor.from_model_config(config, tokenizer)
+
+    start = time.perf_counter()
+    studies = load_dataset(entries, {"main": processor})["main"]
+    timings["load"] = time.perf_counter() - start
+    n_views = sum(len(s.pixels) for s in studies)
+    n_slices = sum(v.shape[0] for s in studies for v in s.pixels)
+    print(
+        f"loaded {len(studies)} studies, {n_views} views, {n_slices} slices in {timings['load']:.1f} s "
+        f"(vocabulary {len(tokenizer)} words)",
+        flush=True,
+    )
+
+    seed_everything(seed)
+    model: ReportModelBase
+    if baseline:
+        from models.baseline3d import Baseline3dForReportGeneration
+
+        model = Baseline3dForReportGeneration(config)  # type: ignore[arg-type]
+        logs = baseline_stages(model, processor, studies, schedule, seed=seed)
+        for log in logs:
+            print(log.line(), flush=True)
+    else:
+        model = MsVlmForReportGeneration(config)  # type: ignore[arg-type]
+        logs = train_msvlm(model, processor, studies, schedule, seed)
+
+    generator = ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu"))
+    out.mkdir(parents=True, exist_ok=True)
+    generator.save_pretrained(out)
+    (out / FINDINGS_FILE).write_text(json.dumps(finding_vocabulary(), indent=2) + "\n")
+    total = time.perf_counter() - total_start
+    record = {
+        "preset": preset,
+        "model": "baseline3d" if baseline else "msvlm",
+        "seed": seed,
+        "data": {
+            "studies": len(studies),
+            "views": n_views,
+            "slices": n_slices,
+            "phantom_seed": phantom_seed if phantom_seed is not None else (seed if make else None),
+        },
+        "schedule": asdict(schedule),
+        "stages": [asdict(log) for log in logs],
+        "timings_s": {**timings, "total": total},
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    print("\nstage times:")
+    for log in logs:
+        print(f"  {log.line()}")
+    print(f"total {total:.1f} s; saved to {out}", flush=True)
+    return generator
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"MSVLM_TRAIN_{name}", default)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=_env("PRESET", "demo"))
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=_env("DATA"),
+        required=_env("DATA") is None,
+        help="dataset folder with dataset.jsonl (written first with --make-phantoms)",
+    )
+    parser.add_argument("--out", type=Path, default=_env("OUT"), required=_env("OUT") is None)
+    parser.add_argument("--seed", type=int, default=int(_env("SEED", "0") or 0))
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        default=_env("BASELINE", "") in ("1", "true"),
+        help="train the 3D-patch baseline instead of MS-VLM",
+    )
+    parser.add_argument(
+        "--make-phantoms",
+        type=int,
+        default=int(_env("MAKE_PHANTOMS", "0") or 0),
+        metavar="N",
+        help="first write N phantom studies into --data",
+    )
+    parser.add_argument(
+        "--phantom-seed",
+        type=int,
+        default=None if _env("PHANTOM_SEED") is None else int(_env("PHANTOM_SEED") or 0),
+        help="seed of the phantom studies (default: --seed)",
+    )
+    parser.add_argument(
+        "--align-epochs",
+        type=int,
+        default=None if _env("ALIGN_EPOCHS") is None else int(_env("ALIGN_EPOCHS") or 0),
+        help="override the preset's stage 2 epochs",
+    )
+    parser.add_argument(
+        "--tune-epochs",
+        type=int,
+        default=None if _env("TUNE_EPOCHS") is None else int(_env("TUNE_EPOCHS") or 0),
+        help="override the preset's stage 3 epochs",
+    )
+    parser.add_argument("--matrix", type=int, default=int(_env("MATRIX", "64") or 64))
+    parser.add_argument("--slices", type=int, default=int(_env("SLICES", "24") or 24))
+    args = parser.parse_args(argv)
+    schedule = schedule_for(args.preset)
+    if args.align_epochs is not None:
+        schedule = replace(schedule, align=replace(schedule.align, epochs=args.align_epochs))
+    if args.tune_epochs is not None:
+        schedule = replace(schedule, tune=replace(schedule.tune, epochs=args.tune_epochs))
+    try:
+        train(
+            preset=args.preset,
+            data=args.data,
+            out=args.out,
+            seed=args.seed,
+            baseline=args.baseline,
+            make=args.make_phantoms,
+            phantom_seed=args.phantom_seed,
+            matrix=args.matrix,
+            slices=args.slices,
+            schedule=schedule,
+        )
+    except (DatasetError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

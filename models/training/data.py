@@ -1,0 +1,251 @@
+"""Training data: phantom datasets, studies loaded the way the node loads them, and batches.
+
+A dataset is a folder of study folders plus `dataset.jsonl` ({"study", "report", "labels"}
+per line, what `models.phantom.write_dataset` writes). Each study is read once through the
+node's pure modules (headers -> grouping -> volume), exactly as the worker does, so the
+model trains on the views it will later be given; the processor then turns every view into
+normalised (n, 3, S, S) slices that are kept in memory (float16) for the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.msvlm.processing_msvlm import MsVlmBatch, MsVlmProcessor, ViewInput
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "dataset.jsonl"
+CT_PLANES = ("axial", "coronal", "sagittal")
+CT_PHASES = ("non_contrast", "arterial", "venous", "delayed")
+MR_SEQUENCES = ("t1", "t2", "dwi", "adc", "t1_post")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be trained or evaluated on; the message says why."""
+
+
+# --- writing phantom datasets --------------------------------------------------------------
+
+
+def _subset(rng: np.random.Generator, options: Sequence[str], low: int, high: int) -> tuple[str, ...]:
+    count = int(rng.integers(low, high + 1))
+    chosen = set(rng.choice(len(options), size=count, replace=False).tolist())
+    return tuple(option for i, option in enumerate(options) if i in chosen)
+
+
+def make_phantoms(
+    out_dir: str | Path,
+    n_studies: int,
+    *,
+    seed: int,
+    matrix: int = 64,
+    slices: int = 24,
+    modalities: Sequence[str] = ("CT", "MR"),
+) -> Path:
+    """Write `n_studies` phantom studies and their `dataset.jsonl`; returns the index path.
+
+    Like `models.phantom.write_dataset` (same study seeds `seed * 100000 + index`, same
+    findings and index format), but every study gets its own random subset of planes and
+    CT phases / MR sequences, so the model sees 1 to 6 views per study in many
+    combinations (as the node delivers them) and each study stays cheap to train on.
+    """
+    from models.phantom import dataset_spec, write_study
+
+    if n_studies < 1:
+        raise DatasetError("n_studies must be >= 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(n_studies):
+        spec = dataset_spec(index, seed=seed, modalities=modalities, matrix=matrix, slices=slices)
+        rng = np.random.default_rng([seed, index, 11])
+        planes = _subset(rng, CT_PLANES, 1, 2)
+        if spec.modality == "CT":
+            spec = replace(spec, planes=planes, phases=_subset(rng, CT_PHASES, 1, 3))
+        else:
+            spec = replace(spec, planes=planes, sequences=_subset(rng, MR_SEQUENCES, 2, 3))
+        folder = f"{index:05d}_{spec.modality.lower()}"
+        truth = write_study(spec, out / folder)
+        lines.append(json.dumps({"study": folder, "report": truth.full_report, "labels": truth.labels}))
+    index_path = out / INDEX_NAME
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(index_path)
+    return index_path
+
+
+# --- reading a dataset ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One line of dataset.jsonl: the study folder (absolute), its report and its labels."""
+
+    folder: Path
+    report: str
+    labels: Mapping[str, int]
+
+
+def read_index(data_dir: str | Path) -> list[IndexEntry]:
+    """Parse `data_dir/dataset.jsonl`, in file order."""
+    root = Path(data_dir)
+    path = root / INDEX_NAME
+    if not path.is_file():
+        raise DatasetError(f"{root} has no {INDEX_NAME}; write one with --make-phantoms or write_dataset")
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            entries.append(
+                IndexEntry(
+                    folder=root / str(record["study"]),
+                    report=str(record["report"]),
+                    labels={str(k): int(v) for k, v in dict(record.get("labels") or {}).items()},
+                )
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}:{number}: not a dataset line ({exc})") from exc
+    if not entries:
+        raise DatasetError(f"{path} lists no studies")
+    return entries
+
+
+def load_study_views(folder: Path) -> list[ViewInput]:
+    """A study folder of DICOM files -> its views in the node's order (headers, grouping, volume)."""
+    from node.errors import NodeError
+    from node.grouping import GroupingSettings, group_study
+    from node.headers import UnreadableInstanceError, read_header
+    from node.volume import VolumeSettings, load_view
+
+    headers = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            headers.append(read_header(path))
+        except UnreadableInstanceError:
+            continue  # truth.json, report.txt and anything else that is not DICOM
+    try:
+        manifest = group_study(headers, GroupingSettings())
+        settings = VolumeSettings(decode_workers=1)
+        views = []
+        for view in manifest.views:
+            volume = load_view(view, settings=settings)
+            views.append(ViewInput(pixels=volume.pixels, modality=view.modality, view_key=view.key))  # type: ignore[arg-type]
+    except NodeError as exc:
+        raise DatasetError(f"{folder}: {exc}") from exc
+    if not views:
+        raise DatasetError(f"{folder}: grouping found no views")
+    return views
+
+
+@dataclass(frozen=True, eq=False)
+class StudyRecord:
+    """A preprocessed study: per view (n, 3, S, S) float16 slices, keys, modality, text, labels."""
+
+    name: str
+    pixels: tuple[torch.Tensor, ...]
+    view_keys: tuple[str, ...]
+    modalities: tuple[str, ...]
+    report: str
+    labels: Mapping[str, int]
+
+    def meta_views(self) -> list[ViewInput]:
+        """Pixel-free stand-ins (one 1x1 slice) carrying modality and key, for text batching."""
+        return [
+            ViewInput(pixels=np.zeros((1, 1, 1), np.float32), modality=m, view_key=k)  # type: ignore[arg-type]
+            for m, k in zip(self.modalities, self.view_keys, strict=True)
+        ]
+
+
+def preprocess_study(
+    name: str, views: Sequence[ViewInput], processor: MsVlmProcessor, report: str, labels: Mapping[str, int]
+) -> StudyRecord:
+    return StudyRecord(
+        name=name,
+        pixels=tuple(processor.preprocess_view(view).to(torch.float16) for view in views),
+        view_keys=tuple(view.view_key for view in views),
+        modalities=tuple(view.modality for view in views),
+        report=report,
+        labels=dict(labels),
+    )
+
+
+def load_dataset(
+    entries: Sequence[IndexEntry], processors: Mapping[str, MsVlmProcessor], *, log_every: int = 50
+) -> dict[str, list[StudyRecord]]:
+    """Load every study once and preprocess it for each named processor (e.g. msvlm, baseline)."""
+    out: dict[str, list[StudyRecord]] = {name: [] for name in processors}
+    start = time.perf_counter()
+    for i, entry in enumerate(entries):
+        views = load_study_views(entry.folder)
+        for name, processor in processors.items():
+            out[name].append(
+                preprocess_study(entry.folder.name, views, processor, entry.report, entry.labels)
+            )
+        if log_every and (i + 1) % log_every == 0:
+            print(
+                f"  loaded {i + 1}/{len(entries)} studies ({time.perf_counter() - start:.0f} s)", flush=True
+            )
+    return out
+
+
+# --- batching ------------------------------------------------------------------------------
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> list[int]:
+    """A deterministic permutation of range(n) for (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def batches(n: int, batch_size: int, *, seed: int, epoch: int) -> Iterator[list[int]]:
+    order = epoch_order(n, seed=seed, epoch=epoch)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def text_batch(
+    processor: MsVlmProcessor, studies: Sequence[StudyRecord], *, with_reports: bool = True
+) -> MsVlmBatch:
+    """Prompt/report tokens, labels and findings labels of `studies` (pixels are placeholders)."""
+    return processor(
+        [study.meta_views() for study in studies],
+        reports=[study.report for study in studies] if with_reports else None,
+        findings=[
+            {k: v for k, v in study.labels.items() if k in processor.settings.finding_labels}
+            for study in studies
+        ],
+    )
+
+
+def view_ids(processor: MsVlmProcessor, studies: Sequence[StudyRecord]) -> torch.Tensor:
+    num_views = max(len(study.view_keys) for study in studies)
+    out = torch.zeros((len(studies), num_views), dtype=torch.long)
+    for b, study in enumerate(studies):
+        for v, key in enumerate(study.view_keys):
+            out[b, v] = processor.view_id(key)
+    return out
+
+
+def pad_views(per_study: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[[(n_v, ...) per view] per study] -> (B, V, Z, ...) float32 zero-padded and (B, V, Z) mask."""
+    num_views = max(len(views) for views in per_study)
+    depth = max(view.shape[0] for views in per_study for view in views)
+    trailing = per_study[0][0].shape[1:]
+    out = torch.zeros((len(per_study), num_views, depth, *trailing))
+    mask = torch.zeros((len(per_study), num_views, depth), dtype=torch.bool)
+    for b, views in enumerate(per_study):
+        for v, view in enumerate(views):
+            out[b, v, : view.shape[0]] = view.float()
+            mask[b, v, : view.shape[0]] = True
+    return out, mask

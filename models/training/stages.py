@@ -1,0 +1,483 @@
+"""Training stages after DINO, for MS-VLM and (same data and budget) the 3D-patch baseline.
+
+MS-VLM (slice features cached once after stage 0; the slice encoder stays frozen after it):
+  1. masked embedding modelling: 30% of the slice embeddings of a study are replaced by the
+     Z-former's learned mask embedding and regressed (L1) from the Z-former output;
+  2. bridge alignment: report generation loss with the language model (and Z-former) frozen;
+  3. report tuning: Z-former, bridge, LM (fully, or LoRA for large LMs) and findings head.
+No pretrained LM can be downloaded, so before stage 2 the LM is warmed up on the report
+texts alone ("stage 2a"), which is what makes a frozen LM meaningful in stage 2.
+
+Baseline: no slice encoder, so no stage 0 or 1. It gets the same LM warm-up, then stage 2
+trains volume encoder + bridge with the LM frozen (a frozen random encoder could not be
+aligned), then stage 3 as MS-VLM; same epochs, batch size and learning rates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.msvlm.lora import LoraSettings, add_lora, merge_lora
+from models.msvlm.modeling_msvlm import MsVlmForReportGeneration
+from models.msvlm.processing_msvlm import MsVlmProcessor
+from models.msvlm.report_model import ReportModelBase
+from models.msvlm.zformer import pack_views
+
+from .data import StudyRecord, batches, pad_views, text_batch, view_ids
+from .dino import DinoSettings
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    epochs: int
+    lr: float
+    batch_size: int = 8
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    #: stage 3: learning rate of everything but the language model, as a multiple of `lr`
+    encoder_lr_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Every stage's budget; `presets.schedule_for(name)` gives the one per model size."""
+
+    dino: DinoSettings
+    mem: StageSettings
+    lm_warmup: StageSettings
+    align: StageSettings
+    tune: StageSettings
+    mask_ratio: float = 0.3
+    lora: LoraSettings | None = None
+    #: stage 3 also tunes the top N layers (and final norm) of the slice encoder; the hidden
+    #: states entering them are cached once, so this costs N/L of a full encoder pass
+    tune_vision_layers: int = 0
+
+
+@dataclass
+class StageLog:
+    """Per-stage record printed at the end and saved to training.json."""
+
+    name: str
+    seconds: float = 0.0
+    first_loss: float = float("nan")
+    last_loss: float = float("nan")
+    epoch_losses: list[float] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"{self.name}: loss {self.first_loss:.4f} -> {self.last_loss:.4f} in {self.seconds:.1f} s"
+
+
+def schedule_for(preset: str) -> Schedule:
+    """Budgets: "tiny" for tests (seconds), "demo" for ~20 min on 2 CPU cores, "full" for GPUs."""
+    if preset == "tiny":
+        return Schedule(
+            dino=DinoSettings(
+                steps=6,
+                batch_size=8,
+                warmup_steps=2,
+                out_dim=64,
+                hidden_dim=32,
+                bottleneck_dim=16,
+                local_size=16,
+                log_every=0,
+            ),
+            mem=StageSettings(epochs=3, lr=1e-3, batch_size=2),
+            lm_warmup=StageSettings(epochs=3, lr=3e-3, batch_size=2),
+            align=StageSettings(epochs=3, lr=2e-3, batch_size=2),
+            tune=StageSettings(epochs=4, lr=2e-3, batch_size=2),
+            tune_vision_layers=1,
+        )
+    if preset == "demo":
+        return Schedule(
+            dino=DinoSettings(steps=150, batch_size=32, warmup_steps=15, log_every=25),
+            mem=StageSettings(epochs=6, lr=5e-4, batch_size=8),
+            lm_warmup=StageSettings(epochs=5, lr=1e-3, batch_size=16),
+            align=StageSettings(epochs=4, lr=1e-3, batch_size=8),
+            tune=StageSettings(epochs=20, lr=5e-4, batch_size=8, encoder_lr_scale=4.0),
+            tune_vision_layers=2,
+        )
+    if preset == "full":
+        return Schedule(
+            dino=DinoSettings(
+                steps=50_000,
+                batch_size=256,
+                warmup_steps=2_000,
+                out_dim=65_536,
+                hidden_dim=2048,
+                bottleneck_dim=256,
+                local_crops=6,
+                local_size=96,
+            ),
+            mem=StageSettings(epochs=50, lr=1e-4, batch_size=8),
+            lm_warmup=StageSettings(epochs=0, lr=1e-5, batch_size=8),
+            align=StageSettings(epochs=5, lr=1e-4, batch_size=8),
+            tune=StageSettings(epochs=10, lr=5e-5, batch_size=8),
+            lora=LoraSettings(),
+        )
+    raise ValueError(f"unknown preset {preset!r}")
+
+
+# --- the generic loop ----------------------------------------------------------------------
+
+
+def run_stage(
+    name: str,
+    parameters: Sequence[nn.Parameter],
+    settings: StageSettings,
+    n_items: int,
+    step: Callable[[list[int]], torch.Tensor],
+    *,
+    seed: int,
+    scaled: Sequence[nn.Parameter] = (),
+) -> StageLog:
+    """AdamW with linear warm-up and cosine decay over `settings.epochs` passes of `n_items`.
+
+    `scaled` parameters (a subset of `parameters`) learn at `settings.encoder_lr_scale` x lr.
+    """
+    log = StageLog(name=name)
+    if settings.epochs <= 0 or n_items == 0:
+        print(f"{name}: skipped", flush=True)
+        return log
+    params = [p for p in parameters if p.requires_grad]
+    scaled_ids = {id(p) for p in scaled}
+    groups = [
+        {"params": [p for p in params if id(p) not in scaled_ids], "lr": settings.lr},
+        {"params": [p for p in params if id(p) in scaled_ids], "lr": settings.lr * settings.encoder_lr_scale},
+    ]
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    steps_per_epoch = math.ceil(n_items / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    warmup = max(1, int(total * settings.warmup_fraction))
+
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    start = time.perf_counter()
+    for epoch in range(settings.epochs):
+        running, count = 0.0, 0
+        for index in batches(n_items, settings.batch_size, seed=seed, epoch=epoch):
+            loss = step(index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            running += loss.item() * len(index)
+            count += len(index)
+        mean = running / max(1, count)
+        log.epoch_losses.append(mean)
+        print(
+            f"  {name} epoch {epoch + 1}/{settings.epochs} loss {mean:.4f} "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+    log.seconds = time.perf_counter() - start
+    log.first_loss, log.last_loss = log.epoch_losses[0], log.epoch_losses[-1]
+    return log
+
+
+def _only_train(model: nn.Module, *modules: nn.Module) -> list[nn.Parameter]:
+    model.requires_grad_(False)
+    for module in modules:
+        module.requires_grad_(True)
+    return [p for module in modules for p in module.parameters()]
+
+
+def _language_model_parameters(model: ReportModelBase, *, lora: bool) -> list[nn.Parameter]:
+    """Make the LM trainable (all of it, or only its LoRA adapters) and return those parameters."""
+    if not lora:
+        model.language_model.requires_grad_(True)
+        return list(model.language_model.parameters())
+    adapters = [p for n, p in model.language_model.named_parameters() if "lora_" in n]
+    for p in adapters:
+        p.requires_grad_(True)
+    return adapters
+
+
+# --- MS-VLM --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def cache_slice_features(
+    model: MsVlmForReportGeneration, studies: Sequence[StudyRecord]
+) -> list[list[torch.Tensor]]:
+    """Encode every slice once with the (frozen) slice encoder: per study, per view (n, D)."""
+    model.eval()
+    return [[model.encode_slices(view.float()) for view in study.pixels] for study in studies]
+
+
+def _feature_batch(
+    processor: MsVlmProcessor, studies: Sequence[StudyRecord], features: Sequence[list[torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    padded, mask = pad_views(features)
+    return padded, mask, view_ids(processor, studies)
+
+
+def stage1_mem(
+    model: MsVlmForReportGeneration,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    features: Sequence[list[torch.Tensor]],
+    settings: StageSettings,
+    *,
+    mask_ratio: float,
+    seed: int,
+) -> StageLog:
+    """Masked embedding modelling of the Z-former on cached slice features (L1 on masked slots)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    head = nn.Linear(model.config.zformer.hidden_size, model.config.vision.hidden_size)
+    params = [*_only_train(model, model.zformer), *head.parameters()]
+    model.train()
+
+    def step(index: list[int]) -> torch.Tensor:
+        chosen = [studies[i] for i in index]
+        feats, mask, ids = _feature_batch(processor, chosen, [features[i] for i in index])
+        packed = pack_views(feats, mask, ids)
+        replace = (torch.rand(packed.mask.shape, generator=generator) < mask_ratio) & packed.mask
+        if not bool(replace.any()):
+            replace = packed.mask & (packed.positions == 0)
+        out = model.zformer(
+            packed.features, packed.view_ids, packed.positions, packed.mask, replace_mask=replace
+        )
+        return F.l1_loss(head(out.last_hidden_state)[replace], packed.features[replace])
+
+    log = run_stage("stage1 mem", params, settings, len(studies), step, seed=seed)
+    model.eval()
+    return log
+
+
+def lm_warmup(
+    model: ReportModelBase,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    settings: StageSettings,
+    *,
+    seed: int,
+) -> StageLog:
+    """Stage 2a: causal LM on prompt + report text alone (no pretrained LM is available)."""
+    params = _only_train(model, model.language_model)
+    model.train()
+
+    def step(index: list[int]) -> torch.Tensor:
+        batch = text_batch(processor, [studies[i] for i in index])
+        out = model.language_model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            labels=batch.labels,
+            use_cache=False,
+        )
+        return out.loss
+
+    log = run_stage("stage2a lm warm-up", params, settings, len(studies), step, seed=seed + 2)
+    model.eval()
+    return log
+
+
+def _msvlm_step(
+    model: MsVlmForReportGeneration,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    features: Sequence[list[torch.Tensor]],
+    *,
+    with_findings: bool,
+) -> Callable[[list[int]], torch.Tensor]:
+    def step(index: list[int]) -> torch.Tensor:
+        chosen = [studies[i] for i in index]
+        feats, mask, ids = _feature_batch(processor, chosen, [features[i] for i in index])
+        text = text_batch(processor, chosen)
+        out = model(
+            slice_features=feats,
+            slice_mask=mask,
+            view_ids=ids,
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask,
+            labels=text.labels,
+            findings_labels=text.findings_labels if with_findings else None,
+        )
+        assert out.loss is not None
+        return out.loss
+
+    return step
+
+
+def stage2_align(
+    model: MsVlmForReportGeneration,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    features: Sequence[list[torch.Tensor]],
+    settings: StageSettings,
+    *,
+    seed: int,
+) -> StageLog:
+    """Bridge alignment: only the Perceiver bridge learns, from the report loss."""
+    params = _only_train(model, model.bridge)
+    model.train()
+    step = _msvlm_step(model, processor, studies, features, with_findings=False)
+    log = run_stage("stage2 bridge alignment", params, settings, len(studies), step, seed=seed + 3)
+    model.eval()
+    return log
+
+
+@torch.no_grad()
+def cache_vision_hidden(
+    model: MsVlmForReportGeneration, studies: Sequence[StudyRecord], top_layers: int
+) -> list[list[torch.Tensor]]:
+    """Hidden states entering the top `top_layers` ViT layers: per study, per view (n, T, D) fp16."""
+    vit = model.vision_model.eval()
+    keep = len(vit.layers) - top_layers
+    out = []
+    for study in studies:
+        views = []
+        for view in study.pixels:
+            chunks = []
+            for chunk in view.float().split(model.config.slice_chunk_size):
+                hidden = vit.embeddings(chunk)
+                for layer in vit.layers[:keep]:
+                    hidden = layer(hidden)
+                chunks.append(hidden.to(torch.float16))
+            views.append(torch.cat(chunks))
+        out.append(views)
+    return out
+
+
+def top_vision_features(
+    model: MsVlmForReportGeneration, hidden: Sequence[torch.Tensor], top_layers: int
+) -> list[torch.Tensor]:
+    """Run the top ViT layers + final norm on cached hidden states; CLS per slice, per view."""
+    vit = model.vision_model
+    states = torch.cat(list(hidden)).float()
+    for layer in vit.layers[len(vit.layers) - top_layers :]:
+        states = layer(states)
+    cls = vit.layernorm(states)[:, 0]
+    return list(cls.split([h.shape[0] for h in hidden]))
+
+
+def stage3_tune(
+    model: MsVlmForReportGeneration,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    features: Sequence[list[torch.Tensor]],
+    settings: StageSettings,
+    *,
+    lora: LoraSettings | None,
+    tune_vision_layers: int = 0,
+    seed: int,
+) -> StageLog:
+    """Report tuning with the findings head: Z-former, bridge, findings head and the LM.
+
+    With `tune_vision_layers` > 0 the top layers of the slice encoder are tuned too: the
+    frozen features of a small, briefly self-supervised ViT summarise a slice in its CLS
+    token and lose small findings that its patch tokens still show.
+    """
+    if lora is not None:
+        add_lora(model, lora)
+    modules: list[nn.Module] = [model.zformer, model.bridge, model.findings_head]
+    hidden: list[list[torch.Tensor]] = []
+    if tune_vision_layers > 0:
+        start = time.perf_counter()
+        hidden = cache_vision_hidden(model, studies, tune_vision_layers)
+        print(
+            f"  cached slice-encoder states for its top {tune_vision_layers} layer(s) in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+        vit = model.vision_model
+        modules += [*vit.layers[len(vit.layers) - tune_vision_layers :], vit.layernorm]
+    encoder_params = _only_train(model, *modules)
+    params = encoder_params + _language_model_parameters(model, lora=lora is not None)
+    model.train()
+    if tune_vision_layers > 0:
+        per_study: Sequence[list[torch.Tensor]] = _LazyFeatures(model, hidden, tune_vision_layers)
+    else:
+        per_study = features
+    step = _msvlm_step(model, processor, studies, per_study, with_findings=True)
+    log = run_stage(
+        "stage3 report tuning", params, settings, len(studies), step, seed=seed + 4, scaled=encoder_params
+    )
+    merge_lora(model)
+    model.eval()
+    return log
+
+
+class _LazyFeatures(Sequence[list[torch.Tensor]]):
+    """features[i] computed on access from cached hidden states, through the trainable top layers."""
+
+    def __init__(
+        self, model: MsVlmForReportGeneration, hidden: list[list[torch.Tensor]], top_layers: int
+    ) -> None:
+        self.model, self.hidden, self.top_layers = model, hidden, top_layers
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __getitem__(self, index: int) -> list[torch.Tensor]:  # type: ignore[override]
+        return top_vision_features(self.model, self.hidden[index], self.top_layers)
+
+
+# --- the 3D-patch baseline -----------------------------------------------------------------
+
+
+def _pixel_step(
+    model: ReportModelBase, processor: MsVlmProcessor, studies: Sequence[StudyRecord], *, with_findings: bool
+) -> Callable[[list[int]], torch.Tensor]:
+    def step(index: list[int]) -> torch.Tensor:
+        chosen = [studies[i] for i in index]
+        pixels, mask = pad_views([list(study.pixels) for study in chosen])
+        text = text_batch(processor, chosen)
+        out = model(
+            pixel_values=pixels,
+            slice_mask=mask,
+            view_ids=view_ids(processor, chosen),
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask,
+            labels=text.labels,
+            findings_labels=text.findings_labels if with_findings else None,
+        )
+        assert out.loss is not None
+        return out.loss
+
+    return step
+
+
+def baseline_stages(
+    model: ReportModelBase,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    schedule: Schedule,
+    *,
+    seed: int,
+) -> list[StageLog]:
+    """LM warm-up, encoder + bridge alignment (LM frozen), then full tuning with findings."""
+    logs = [lm_warmup(model, processor, studies, schedule.lm_warmup, seed=seed)]
+    encoder = model.get_submodule("volume_encoder")
+    params = _only_train(model, encoder, model.bridge)
+    model.train()
+    step = _pixel_step(model, processor, studies, with_findings=False)
+    logs.append(
+        run_stage(
+            "stage2 encoder+bridge alignment", params, schedule.align, len(studies), step, seed=seed + 3
+        )
+    )
+    if schedule.lora is not None:
+        add_lora(model, schedule.lora)
+    params = _only_train(model, encoder, model.bridge, model.findings_head)
+    params += _language_model_parameters(model, lora=schedule.lora is not None)
+    model.train()
+    step = _pixel_step(model, processor, studies, with_findings=True)
+    logs.append(run_stage("stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4))
+    merge_lora(model)
+    model.eval()
+    return logs
