@@ -37,6 +37,18 @@ def _guarded(name: str, work: Callable[[], Any]) -> Callable[[], None]:
     return run
 
 
+def _settle_tick(ctx: SettleContext) -> Callable[[], Any]:
+    """Settle with the full lookback on the first tick after start, the recent window after."""
+    first = [True]
+
+    def tick() -> list[int]:
+        created = settle_once(ctx, full=first[0])
+        first[0] = False
+        return created
+
+    return tick
+
+
 def build_scheduler(
     *,
     settle: SettleContext | None,
@@ -52,7 +64,7 @@ def build_scheduler(
     )
     if settle is not None:
         scheduler.add_job(
-            _guarded("settle", lambda: settle_once(settle)),
+            _guarded("settle", _settle_tick(settle)),
             "interval",
             seconds=settle.settings.settle.interval_seconds,
             id="settle",

@@ -64,10 +64,28 @@ class Arrivals:
     signal: str | None
 
 
-def settle_once(ctx: SettleContext, now: datetime | None = None) -> list[int]:
-    """Examine recently active studies; return the ids of jobs created."""
+def recent_window(settings: Settings) -> timedelta:
+    """How far back a regular tick looks for studies to settle.
+
+    Every signal fires within the longest quiet timeout of a study's last
+    instance, so older studies were already decided; twice that plus ten
+    minutes leaves room for a slow tick or a briefly unreachable database.
+    """
+    quiet = max([settings.settle.quiet_seconds, settings.settle.after_release_seconds,
+                 *(p.quiet_seconds for p in settings.security.peers if p.quiet_seconds is not None)])
+    return timedelta(seconds=2 * quiet + 600)
+
+
+def settle_once(ctx: SettleContext, now: datetime | None = None, *, full: bool = False) -> list[int]:
+    """Examine recently active studies; return the ids of jobs created.
+
+    A regular tick looks back :func:`recent_window`; ``full`` looks back
+    ``settle.lookback_hours``, which the scheduler does once after start so
+    studies that arrived just before a stop or crash are still settled.
+    """
     now = now or utcnow()
-    since = now - timedelta(hours=ctx.settings.settle.lookback_hours)
+    lookback = timedelta(hours=ctx.settings.settle.lookback_hours)
+    since = now - (lookback if full else min(lookback, recent_window(ctx.settings)))
     with ctx.factory() as session:
         studies = (
             session.execute(

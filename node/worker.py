@@ -39,7 +39,7 @@ from node.manifest import Manifest
 from node.modelinfo import ModelIdentity
 from node.schema import Instance, Job, Result
 from node.sop_classes import SR_DOCUMENT_SOP_CLASS
-from node.store import InstanceStore
+from node.store import TEMP_SUFFIX, InstanceStore
 from node.volume import load_view
 
 if TYPE_CHECKING:
@@ -251,7 +251,9 @@ def _process(
         replaces=replaces,
     )
     relative = ctx.store.relative_path(manifest.study_instance_uid, series_uid, sop_uid)
-    temp = ctx.store.root / (relative + ".check.dcm")
+    final = ctx.store.absolute(relative)
+    # hidden and ending in TEMP_SUFFIX: a crash mid-validation leaves nothing the sweep misses
+    temp = final.parent / f".{final.name}.check{TEMP_SUFFIX}"
     temp.parent.mkdir(parents=True, exist_ok=True)
     dataset.save_as(temp, enforce_file_format=True)
     try:
