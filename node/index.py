@@ -9,13 +9,17 @@ transaction as its parents, after the file is durable.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
+from pathlib import Path
 from typing import Any, cast
 
 import pydicom
@@ -25,7 +29,7 @@ from sqlalchemy import Connection, Engine, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.errors import InvalidUIDError, NodeError
+from node.errors import DatabaseError, InvalidUIDError, NodeError
 from node.schema import Association, Instance, Series, Study, utcnow
 from node.sop_classes import (
     CT_MR_IMAGE_STORAGE,
@@ -213,20 +217,84 @@ def receiver_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(eq=False)
+class _PendingRow:
+    """An instance row waiting for the writer thread; ``done`` is set once it is settled."""
+
+    info: InstanceInfo
+    path: str
+    size: int
+    association_id: int | None
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class WriteLock:
+    """Serialises write transactions to an embedded SQLite file across receiver processes.
+
+    SQLite's own busy handler polls with growing sleeps (1, 2, 5 ... 100 ms), so under a
+    steady stream one receiver process could keep the write lock while the other slept:
+    measured 42 images/s instead of 270 with two processes on one file. A blocking
+    ``flock`` wakes the waiter as soon as the lock is free. A thread lock comes first
+    because ``flock`` does not exclude threads sharing the descriptor. Without a path
+    (PostgreSQL, in-memory SQLite) it does nothing: the server arbitrates.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640) if path is not None else None
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> WriteLock:
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            return cls(Path(f"{database}.write-lock"))
+        return cls(None)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if self._fd is None:
+            yield
+            return
+        with self._thread_lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Indexer:
     """Writes the receive side's rows. Safe to share between association threads.
 
-    The per-instance path is one SQLAlchemy Core upsert built once, not an ORM
-    unit of work: at hundreds of instances per second the ORM's bookkeeping was
-    a fifth of the receiver's CPU.
+    Group commit: association threads hand their instance rows to one writer thread,
+    which commits everything queued in one transaction (one fsync of the WAL for many
+    instances) and then wakes each waiting thread with its own outcome, so an
+    instance is still acknowledged only after its row is committed. The rows are
+    written with one SQLAlchemy Core upsert built once, not the ORM: at hundreds of
+    instances per second the ORM's bookkeeping was a fifth of the receiver's CPU.
     """
+
+    #: rows per transaction at most; a batch forms from whatever queued during the last commit
+    MAX_BATCH = 64
+    #: how long an association thread waits for its row before answering "database unavailable"
+    WAIT_SECONDS = 120.0
 
     def __init__(self, engine: Engine, factory: sessionmaker[Session]):
         self.engine = engine
         self.factory = factory
+        self.write_lock = WriteLock.for_engine(engine)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._series_study: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._queue: list[_PendingRow] = []
+        self._wakeup = threading.Condition()
+        self._closed = False
         table = cast(Table, Instance.__table__)
         upsert = self._insert(table)
         self._upsert_instance = upsert.on_conflict_do_update(
@@ -242,62 +310,132 @@ class Indexer:
             # a SOP Instance UID may only come back in the series it first came in
             where=table.c.series_instance_uid == upsert.excluded.series_instance_uid,
         ).returning(table.c.id)
+        self._writer = threading.Thread(target=self._write_loop, name="index-writer", daemon=True)
+        self._writer.start()
 
     def record_instance(
         self, info: InstanceInfo, *, path: str, size: int, association_id: int | None
     ) -> None:
-        """Insert or refresh the instance row (and its study/series) in one transaction."""
+        """Insert or refresh the instance row (and its study/series); return once committed.
+
+        Raises :class:`RejectedInstance` for a UID conflict, SQLAlchemy's error when the
+        transaction failed, and :class:`DatabaseError` when the writer is stopped or stuck.
+        """
+        self._check_series(info)
+        pending = _PendingRow(info, path, size, association_id)
+        with self._wakeup:
+            if self._closed:
+                raise DatabaseError("the index writer is stopped")
+            self._queue.append(pending)
+            self._wakeup.notify()
+        if not pending.done.wait(self.WAIT_SECONDS):
+            raise DatabaseError(f"index row not committed within {self.WAIT_SECONDS:.0f} s")
+        if pending.error is not None:
+            raise pending.error
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer thread and release the write lock."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
+        self._writer.join()
+        self.write_lock.close()
+
+    def _check_series(self, info: InstanceInfo) -> None:
         known_study = self._series_study.get(info.series_instance_uid)
         if known_study is not None and known_study != info.study_instance_uid:
             raise RejectedInstance(
                 Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study"
             )
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._queue and not self._closed:
+                    self._wakeup.wait()
+                if not self._queue:
+                    return
+                batch = self._queue[: self.MAX_BATCH]
+                del self._queue[: self.MAX_BATCH]
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # noqa: BLE001 - every waiter must learn the outcome
+                for pending in batch:
+                    if pending.error is None:
+                        pending.error = exc
+            finally:
+                for pending in batch:
+                    pending.done.set()
+
+    def _commit(self, batch: list[_PendingRow]) -> None:
+        """One transaction for the whole batch; a rejected row does not fail the others.
+
+        Rejections are decided before anything of that row is written (or, for the
+        upsert, by a no-op), so no savepoints are needed.
+        """
         now = utcnow()
-        with self.engine.begin() as conn:
-            if known_study is None:
-                self._ensure_parents(conn, info, now)
-            row = conn.execute(
-                self._upsert_instance,
-                {
-                    "sop_instance_uid": info.sop_instance_uid,
-                    "sop_class_uid": info.sop_class_uid,
-                    "series_instance_uid": info.series_instance_uid,
-                    "study_instance_uid": info.study_instance_uid,
-                    "transfer_syntax_uid": info.transfer_syntax_uid,
-                    "instance_number": info.instance_number,
-                    "path": path,
-                    "size_bytes": size,
-                    "received_at": now,
-                    "receive_count": 1,
-                    "association_id": association_id,
-                },
-            ).first()
-            if row is None:
-                raise RejectedInstance(
-                    Status.CONFLICTING_INSTANCE, "SOP Instance UID already stored in another series"
-                )
-        with self._lock:
-            self._series_study[info.series_instance_uid] = info.study_instance_uid
+        with self.write_lock.held(), self.engine.begin() as conn:
+            for pending in batch:
+                try:
+                    self._write(conn, pending, now)
+                except RejectedInstance as exc:
+                    pending.error = exc
+        for pending in batch:
+            if pending.error is None:
+                self._series_study[pending.info.series_instance_uid] = pending.info.study_instance_uid
+
+    def _write(self, conn: Connection, pending: _PendingRow, now: datetime) -> None:
+        info = pending.info
+        self._check_series(info)
+        if info.series_instance_uid not in self._series_study:
+            self._ensure_parents(conn, info, now)
+        row = conn.execute(
+            self._upsert_instance,
+            {
+                "sop_instance_uid": info.sop_instance_uid,
+                "sop_class_uid": info.sop_class_uid,
+                "series_instance_uid": info.series_instance_uid,
+                "study_instance_uid": info.study_instance_uid,
+                "transfer_syntax_uid": info.transfer_syntax_uid,
+                "instance_number": info.instance_number,
+                "path": pending.path,
+                "size_bytes": pending.size,
+                "received_at": now,
+                "receive_count": 1,
+                "association_id": pending.association_id,
+            },
+        ).first()
+        if row is None:
+            raise RejectedInstance(
+                Status.CONFLICTING_INSTANCE, "SOP Instance UID already stored in another series"
+            )
 
     def _ensure_parents(self, conn: Connection, info: InstanceInfo, now: datetime) -> None:
-        conn.execute(
-            self._insert(Study)
-            .values(study_instance_uid=info.study_instance_uid, first_received_at=now, **info.study)
-            .on_conflict_do_nothing(index_elements=[Study.study_instance_uid])
-        )
-        conn.execute(
-            self._insert(Series)
-            .values(
-                series_instance_uid=info.series_instance_uid,
-                study_instance_uid=info.study_instance_uid,
-                first_received_at=now,
-                **info.series,
-            )
-            .on_conflict_do_nothing(index_elements=[Series.series_instance_uid])
-        )
         owner = conn.execute(
             select(Series.study_instance_uid).where(Series.series_instance_uid == info.series_instance_uid)
-        ).scalar_one()
+        ).scalar_one_or_none()
+        if owner is None:
+            conn.execute(
+                self._insert(Study)
+                .values(study_instance_uid=info.study_instance_uid, first_received_at=now, **info.study)
+                .on_conflict_do_nothing(index_elements=[Study.study_instance_uid])
+            )
+            conn.execute(
+                self._insert(Series)
+                .values(
+                    series_instance_uid=info.series_instance_uid,
+                    study_instance_uid=info.study_instance_uid,
+                    first_received_at=now,
+                    **info.series,
+                )
+                .on_conflict_do_nothing(index_elements=[Series.series_instance_uid])
+            )
+            # another receiver (PostgreSQL) may have created the series first
+            owner = conn.execute(
+                select(Series.study_instance_uid).where(
+                    Series.series_instance_uid == info.series_instance_uid
+                )
+            ).scalar_one()
         if owner != info.study_instance_uid:
             raise RejectedInstance(
                 Status.CONFLICTING_INSTANCE, "Series Instance UID belongs to another study"
@@ -314,7 +452,7 @@ class Indexer:
         outcome: str = "open",
         rejection_reason: str | None = None,
     ) -> int:
-        with self.factory() as session, session.begin():
+        with self.write_lock.held(), self.factory() as session, session.begin():
             row = Association(
                 calling_ae=calling_ae[:16],
                 called_ae=called_ae[:16],
@@ -334,7 +472,7 @@ class Indexer:
     def close_association(
         self, association_id: int, *, outcome: str, received: int, failed: int, nbytes: int
     ) -> None:
-        with self.factory() as session, session.begin():
+        with self.write_lock.held(), self.factory() as session, session.begin():
             session.execute(
                 update(Association)
                 .where(Association.id == association_id)

@@ -27,7 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
-from node.errors import ConfigError, DiskFullError, StorageError
+from node.errors import ConfigError, DatabaseError, DiskFullError, StorageError
 from node.index import Indexer, RejectedInstance, inspect_encoded
 from node.sop_classes import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
 from node.statuses import Status
@@ -217,7 +217,7 @@ def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tupl
         return Status.OUT_OF_RESOURCES_DISK, str(exc)
     except StorageError as exc:
         return Status.OUT_OF_RESOURCES_STORAGE, str(exc)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DatabaseError) as exc:
         log.error("receive.index_failed", extra={"error": type(exc).__name__})
         return Status.OUT_OF_RESOURCES_DATABASE, "database unavailable; retry later"
     if state is not None:

@@ -54,12 +54,8 @@ def run_receiver(settings: Settings, stop: threading.Event) -> None:
     engine = create_db_engine(settings.database.url, echo=settings.database.echo)
     store = open_store(settings)
     ssl_context = build_ssl_context(settings)
-    ctx = ReceiveContext(
-        settings=settings,
-        store=store,
-        indexer=Indexer(engine, session_factory(engine)),
-        tls=ssl_context is not None,
-    )
+    indexer = Indexer(engine, session_factory(engine))
+    ctx = ReceiveContext(settings=settings, store=store, indexer=indexer, tls=ssl_context is not None)
     server = build_server(settings, ctx, ssl_context)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-acceptor", daemon=True
@@ -80,6 +76,7 @@ def run_receiver(settings: Settings, stop: threading.Event) -> None:
     log.info("receive.draining", extra={"in_flight": len(server.active_associations)})
     aborted = drain(server, timeout=settings.node.drain_seconds)
     thread.join(timeout=5)
+    indexer.close()
     engine.dispose()
     log.info("receive.stopped", extra={"aborted": aborted})
 
