@@ -7,7 +7,11 @@ CPU (all its processes, in core-seconds and as a share of the machine) and its
 peak RSS, then our ratios. Every dcmtk peer runs with TCP_NODELAY=1 (dcmtk
 3.6.7 leaves Nagle on otherwise, capping any receiver at ~22 images/s).
 
-    python bench/ingest.py [--count 1000] [--associations 1 4] [--receivers 0]
+    python bench/ingest.py [--count 1000] [--associations 1 4] [--receivers 0] [--roles receiver]
+
+The node runs its receiver role alone by default, like the two references, which
+only store: with every role a worker would be importing torch and loading the
+model in the same process tree while the benchmark counts its CPU.
 """
 
 from __future__ import annotations
@@ -148,16 +152,17 @@ class Node(Receiver):
     name = "msvlm-node"
     ae_title = "MSVLM"
 
-    def __init__(self, workdir: Path, receivers: int) -> None:
+    def __init__(self, workdir: Path, receivers: int, roles: tuple[str, ...]) -> None:
         super().__init__(workdir)
         self.receivers = receivers
+        self.roles = roles
         self.db = workdir / "ledger.db"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         config = write_config(
             self.workdir / "node.toml",
             {
-                "node": {"port": self.port, "receivers": self.receivers},
+                "node": {"port": self.port, "receivers": self.receivers, "roles": list(self.roles)},
                 "storage": {"path": str(self.workdir / "storage"), "min_free_mb": 64, "fsync": True},
                 "database": {"url": f"sqlite:///{self.db}"},
                 "logging": {"level": "WARNING"},
@@ -261,10 +266,12 @@ def send(receiver: Receiver, chunks: list[list[Path]]) -> float:
     return time.perf_counter() - start
 
 
-def run_one(kind: str, files: list[Path], associations: int, receivers: int, scratch: Path) -> Result:
+def run_one(
+    kind: str, files: list[Path], associations: int, receivers: int, roles: tuple[str, ...], scratch: Path
+) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix=f"ingest-{kind}-", dir=scratch))
     receiver: Receiver = {
-        "node": lambda: Node(workdir, receivers),
+        "node": lambda: Node(workdir, receivers, roles),
         "storescp": lambda: StoreScp(workdir),
         "orthanc": lambda: Orthanc(workdir),
     }[kind]()
@@ -292,6 +299,13 @@ def main() -> int:
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--receivers", type=int, default=0, help="node receiver processes (0 = cores)")
     parser.add_argument("--targets", nargs="+", default=["node", "storescp", "orthanc"])
+    parser.add_argument(
+        "--roles",
+        nargs="+",
+        default=["receiver"],
+        choices=["receiver", "scheduler", "worker"],
+        help="node roles to run (default: the receiver alone, as Orthanc and storescp only store)",
+    )
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "msvlm-bench")
     args = parser.parse_args()
 
@@ -304,12 +318,13 @@ def main() -> int:
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     print(
         f"{len(files)} CT instances {args.rows}x{args.rows}, {total_mb:.0f} MB;"
-        f" {os.cpu_count()} cores; node receivers={receivers}; fsync on for node and Orthanc"
+        f" {os.cpu_count()} cores; node receivers={receivers}, roles={','.join(args.roles)};"
+        " fsync on for node and Orthanc"
     )
     results: list[Result] = []
     for associations in args.associations:
         for kind in args.targets:
-            result = run_one(kind, files, associations, receivers, args.scratch)
+            result = run_one(kind, files, associations, receivers, tuple(args.roles), args.scratch)
             results.append(result)
             print(
                 f"  {result.receiver:<15} assoc={associations}  {result.images_per_second:7.1f} img/s "
