@@ -165,7 +165,7 @@ class Node(Receiver):
                 "node": {"port": self.port, "receivers": self.receivers, "roles": list(self.roles)},
                 "storage": {"path": str(self.workdir / "storage"), "min_free_mb": 64, "fsync": True},
                 "database": {"url": f"sqlite:///{self.db}"},
-                "logging": {"level": "WARNING"},
+                "logging": {"level": "INFO"},
             },
             [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
         )
@@ -173,6 +173,20 @@ class Node(Receiver):
             **os.environ,
             "PYTHONPATH": str(REPO),
         }
+
+    def start(self) -> None:
+        """Start, then wait until every receiver process is listening, not just the first.
+
+        Spawned receivers import the node while the first one already accepts; sending
+        earlier would count their start-up as receive CPU and slow the first run.
+        """
+        super().start()
+        log = self.workdir / "receiver.log"
+        deadline = time.monotonic() + 60
+        while log.read_text(errors="replace").count("receive.listening") < self.receivers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only some of {self.receivers} receiver processes started")
+            time.sleep(0.1)
 
     def stored(self) -> int:
         import sqlite3
