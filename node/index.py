@@ -241,7 +241,6 @@ class WriteLock:
     """
 
     def __init__(self, path: Path | None):
-        self.path = path
         self._thread_lock = threading.Lock()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640) if path is not None else None
 
