@@ -132,6 +132,10 @@ class ModelSection(_Section):
     path: Path | None = None
     #: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     device: str = "auto"
+    #: "auto" (bfloat16 on a GPU with bf16 support, else mixed; float32 on CPU), "float32",
+    #: "mixed" (float32 weights, bf16 autocast) or "bfloat16" (bf16 weights and compiled
+    #: decoding: fastest on a GPU, ~20 s of compilation at start)
+    precision: Literal["auto", "float32", "mixed", "bfloat16"] = "auto"
     max_new_tokens: int = Field(default=256, ge=1)
     num_beams: int = Field(default=1, ge=1)
     #: torch threads on CPU; 0 = torch's default (every core). With several workers

@@ -80,14 +80,21 @@ def load_generator(settings: Settings, model: ModelIdentity) -> ReportGenerator:
     if device == "cpu" and settings.model.cpu_threads:
         torch.set_num_threads(settings.model.cpu_threads)
     started = time.perf_counter()
-    generator = ReportGenerator.from_pretrained(model.path, device=device)
+    generator = ReportGenerator.from_pretrained(model.path, device=device, precision=settings.model.precision)
+    loaded = time.perf_counter()
+    # Compiled decoding (precision bfloat16 on a GPU) compiles here rather than in the first job.
+    generator.warm_up(max_new_tokens=settings.model.max_new_tokens, num_beams=settings.model.num_beams)
+    placement = generator.placement
     log.info(
         "worker.model_loaded",
         extra={
             "model": model.name,
             "version": model.version,
             "device": device,
-            "seconds": round(time.perf_counter() - started, 2),
+            "weights": str(placement.weight_dtype).removeprefix("torch."),
+            "static_cache": placement.static_cache,
+            "seconds": round(loaded - started, 2),
+            "warm_up_seconds": round(time.perf_counter() - loaded, 2),
         },
     )
     return generator

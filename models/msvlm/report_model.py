@@ -166,11 +166,24 @@ class ReportModelBase(PreTrainedModel):
             visual_tokens=visual_tokens,
         )
 
-    def generation_config_for(self, *, max_new_tokens: int, num_beams: int) -> GenerationConfig:
-        """Deterministic decoding settings: greedy (num_beams=1) or beam search, no sampling."""
+    def generation_config_for(
+        self, *, max_new_tokens: int, num_beams: int, static_cache: bool = False
+    ) -> GenerationConfig:
+        """Deterministic decoding settings: greedy (num_beams=1) or beam search, no sampling.
+
+        `static_cache` sizes one KV cache for the longest possible sequence (visual tokens +
+        `max_text_tokens` + `max_new_tokens`), so every study has the same cache shape and
+        the decoding step transformers compiles on CUDA is compiled once, not per prompt.
+        """
         if max_new_tokens < 1 or num_beams < 1:
             raise ValueError("max_new_tokens and num_beams must be >= 1")
         text = self.config.text
+        cache: dict[str, object] = {}
+        if static_cache:
+            cache = {
+                "cache_implementation": "static",
+                "max_cache_len": self.config.num_latents + self.config.max_text_tokens + max_new_tokens,
+            }
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
@@ -179,6 +192,7 @@ class ReportModelBase(PreTrainedModel):
             bos_token_id=text.bos_token_id,
             eos_token_id=text.eos_token_id,
             pad_token_id=text.pad_token_id,
+            **cache,
         )
 
     @torch.inference_mode()
@@ -190,6 +204,7 @@ class ReportModelBase(PreTrainedModel):
         attention_mask: torch.Tensor,
         max_new_tokens: int = 256,
         num_beams: int = 1,
+        static_cache: bool = False,
     ) -> MsVlmGenerationOutput:
         """Generate report tokens after left-padded prompts; also returns the findings logits."""
         if not bool(attention_mask[:, -1].all()):
@@ -200,7 +215,9 @@ class ReportModelBase(PreTrainedModel):
         sequences = self.language_model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
-            generation_config=self.generation_config_for(max_new_tokens=max_new_tokens, num_beams=num_beams),
+            generation_config=self.generation_config_for(
+                max_new_tokens=max_new_tokens, num_beams=num_beams, static_cache=static_cache
+            ),
         )
         return MsVlmGenerationOutput(sequences=sequences, findings_logits=findings_logits)
 
@@ -215,6 +232,7 @@ class ReportModelBase(PreTrainedModel):
         attention_mask: torch.Tensor,
         max_new_tokens: int = 256,
         num_beams: int = 1,
+        static_cache: bool = False,
     ) -> MsVlmGenerationOutput:
         """Encode the studies once, then decode the reports and read the findings head."""
         encoding = self.encode_study(pixel_values=pixel_values, slice_mask=slice_mask, view_ids=view_ids)
@@ -224,4 +242,5 @@ class ReportModelBase(PreTrainedModel):
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
+            static_cache=static_cache,
         )

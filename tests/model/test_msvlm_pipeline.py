@@ -69,12 +69,52 @@ def test_folder_round_trip_for_both_model_kinds(
 
 def test_placement_is_explicit() -> None:
     cpu = Placement.for_device("cpu")
-    assert (cpu.weight_dtype, cpu.autocast_dtype) == (torch.float32, None)
-    with pytest.raises(ValueError, match="float32"):
-        Placement.for_device("cpu", weight_dtype=torch.bfloat16)
-    cuda = Placement.for_device("cuda:0") if torch.cuda.is_available() else None
-    if cuda is not None:
+    assert (cpu.weight_dtype, cpu.autocast_dtype, cpu.static_cache) == (torch.float32, None, False)
+    assert Placement.for_device("cpu", precision="float32") == cpu
+    for precision in ("mixed", "bfloat16"):
+        with pytest.raises(ValueError, match="cpu runs in float32"):
+            Placement.for_device("cpu", precision=precision)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Placement.for_device("cpu", precision="fp8")
+    if torch.cuda.is_available():
+        cuda = Placement.for_device("cuda:0")
         assert cuda.autocast_dtype in (torch.bfloat16, torch.float16)
+        assert cuda.static_cache == (cuda.weight_dtype == torch.bfloat16)
+
+
+def test_node_precision_setting_matches_the_pipeline() -> None:
+    from typing import get_args
+
+    from models.msvlm.pipeline import PRECISIONS
+    from node.config import ModelSection
+
+    assert get_args(ModelSection.model_fields["precision"].annotation) == PRECISIONS
+
+
+def test_static_cache_decodes_the_same_tokens(
+    tiny_model: MsVlmForReportGeneration, processor: MsVlmProcessor, make_study: StudyFactory
+) -> None:
+    """The static cache (compiled on CUDA) changes speed, never the report."""
+    study = make_study([("CT", "CT:axial:venous", 9), ("CT", "CT:sagittal:venous", 5)])
+    dynamic = ReportGenerator(model=tiny_model, processor=processor, placement=Placement.for_device("cpu"))
+    expected = dynamic.generate_report(study, max_new_tokens=12)
+    static_placement = Placement(
+        device=torch.device("cpu"), weight_dtype=torch.float32, autocast_dtype=None, static_cache=True
+    )
+    static = ReportGenerator(model=tiny_model, processor=processor, placement=static_placement)
+    static.warm_up(max_new_tokens=12)
+    # One cache size for every study (visual tokens + longest text + new tokens), so the
+    # compiled decoding step is never recompiled for a longer prompt.
+    config = tiny_model.config
+    expected_len = config.num_latents + config.max_text_tokens + 12
+    assert tiny_model.language_model._previous_max_cache_length == expected_len
+    assert static.generate_report(study, max_new_tokens=12) == expected
+    assert tiny_model.language_model._previous_max_cache_length == expected_len
+
+
+def test_warm_up_does_nothing_without_a_static_cache(generator: ReportGenerator) -> None:
+    generator.warm_up(max_new_tokens=4)
+    assert not hasattr(generator.model.language_model, "_previous_max_cache_length")
 
 
 def test_from_pretrained_rejects_foreign_folders(tmp_path: Path) -> None:
