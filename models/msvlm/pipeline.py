@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -32,6 +33,8 @@ from transformers import AutoModel
 
 from .processing_msvlm import MsVlmProcessor, ViewInput
 from .report_model import ReportModelBase
+
+log = logging.getLogger(__name__)
 
 #: Packages whose import registers a model type with AutoModel (the baseline lives apart).
 MODEL_PACKAGES: dict[str, str] = {"msvlm": "models.msvlm", "msvlm_baseline3d": "models.baseline3d"}
@@ -157,6 +160,9 @@ class ReportGenerator:
 
         Only a static cache compiles (once per cache size, which depends on `max_new_tokens`
         and `num_beams` alone, so pass the worker's values); elsewhere this does nothing.
+        If compilation fails (Triton needs a C compiler at run time, which slim images lack),
+        the generator falls back to eager decoding with a dynamic cache, logs why, and keeps
+        serving: slower, never down.
         """
         if not self.placement.static_cache:
             return
@@ -165,4 +171,12 @@ class ReportGenerator:
         modality: Literal["CT", "MR"] = "MR" if key.startswith("MR") else "CT"
         size = settings.image_size
         view = ViewInput(pixels=np.zeros((2, size, size), dtype=np.float32), modality=modality, view_key=key)
-        self.generate_report([view], max_new_tokens=max_new_tokens, num_beams=num_beams)
+        try:
+            self.generate_report([view], max_new_tokens=max_new_tokens, num_beams=num_beams)
+        except Exception as exc:  # torch.compile raises many kinds; any of them means: don't compile
+            log.warning(
+                "model.compile_failed",
+                extra={"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"},
+            )
+            self.placement = replace(self.placement, static_cache=False)
+            self.generate_report([view], max_new_tokens=max_new_tokens, num_beams=num_beams)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -110,6 +111,38 @@ def test_static_cache_decodes_the_same_tokens(
     assert tiny_model.language_model._previous_max_cache_length == expected_len
     assert static.generate_report(study, max_new_tokens=12) == expected
     assert tiny_model.language_model._previous_max_cache_length == expected_len
+
+
+def test_failed_compilation_falls_back_to_eager_decoding(
+    tiny_model: MsVlmForReportGeneration,
+    processor: MsVlmProcessor,
+    make_study: StudyFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A GPU image without a C compiler cannot compile; the worker must still come up."""
+    study = make_study([("MR", "MR:axial:t2", 6)])
+    expected = ReportGenerator(
+        model=tiny_model, processor=processor, placement=Placement.for_device("cpu")
+    ).generate_report(study, max_new_tokens=6)
+    static_placement = Placement(
+        device=torch.device("cpu"), weight_dtype=torch.float32, autocast_dtype=None, static_cache=True
+    )
+    generator = ReportGenerator(model=tiny_model, processor=processor, placement=static_placement)
+    real_generate = tiny_model.generate
+
+    def generate(**kwargs: Any) -> Any:
+        if kwargs.get("static_cache"):
+            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate", generate)
+    with caplog.at_level("WARNING", logger="models.msvlm.pipeline"):
+        generator.warm_up(max_new_tokens=6)
+    assert not generator.placement.static_cache
+    assert [r.getMessage() for r in caplog.records] == ["model.compile_failed"]
+    assert "C compiler" in caplog.records[0].error
+    assert generator.generate_report(study, max_new_tokens=6) == expected
 
 
 def test_warm_up_does_nothing_without_a_static_cache(generator: ReportGenerator) -> None:
