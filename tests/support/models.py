@@ -20,7 +20,7 @@ from models.msvlm import (
     msvlm_preset,
 )
 from models.msvlm.pipeline import Placement, ReportGenerator
-from models.phantom import FINDINGS
+from models.train import FINDINGS_FILE, finding_vocabulary
 
 
 def save_tiny_model(directory: Path, *, version: str = "tiny-test") -> Path:
@@ -37,18 +37,5 @@ def save_tiny_model(directory: Path, *, version: str = "tiny-test") -> Path:
     ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu")).save_pretrained(
         directory
     )
-    (directory / "findings.json").write_text(
-        json.dumps(
-            [
-                {
-                    "key": f.key,
-                    "display": f.display,
-                    "code_value": f.code.value,
-                    "coding_scheme": f.code.scheme,
-                    "code_meaning": f.code.meaning,
-                }
-                for f in FINDINGS
-            ]
-        )
-    )
+    (directory / FINDINGS_FILE).write_text(json.dumps(finding_vocabulary()))
     return directory
