@@ -4,7 +4,7 @@ A file becomes visible under its final name only once its bytes are durable:
 written to a hidden temporary file in the target directory, fsynced, renamed
 atomically over the final name, and the directory fsynced. A crash at any
 point leaves either the old complete file, the new complete file, or a hidden
-``.tmp`` file that :meth:`InstanceStore.sweep_temporary` removes at start-up.
+``.tmp`` file that :meth:`InstanceStore.sweep_temporary` removes at a later start-up.
 
 Every UID is validated before it becomes part of a path: a UID is the only
 thing a remote peer controls in our file names.
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 TEMP_SUFFIX = ".tmp"
 SPACE_CHECK_SECONDS = 0.5
+#: a temporary file untouched this long has no writer left (one instance is written in well under a second)
+STALE_TEMP_SECONDS = 600.0
 
 
 def validate_uid(value: object, what: str) -> str:
@@ -140,10 +142,22 @@ class InstanceStore:
                     _fsync_dir(created.parent)
             self._known_dirs.add(directory)
 
-    def sweep_temporary(self) -> int:
-        """Remove temporary files left by a crash; return how many were removed."""
+    def sweep_temporary(self, older_than_seconds: float = STALE_TEMP_SECONDS) -> int:
+        """Remove temporary files left by a crash; return how many were removed.
+
+        Only files untouched for ``older_than_seconds`` go: the storage is shared by every
+        process of the node (receivers, workers, other hosts on the same volume), and one
+        that starts while the others are receiving must not delete the files they are
+        writing at that moment. A younger leftover stays hidden until a later sweep.
+        """
         removed = 0
+        cutoff = time.time() - older_than_seconds
         for temp in self.root.rglob(f".*{TEMP_SUFFIX}"):
+            try:
+                if temp.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:  # renamed into place by its writer meanwhile
+                continue
             _unlink_quietly(temp)
             removed += 1
         if removed:

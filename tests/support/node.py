@@ -106,6 +106,16 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def problems(self, limit: int = 40) -> str:
+        """The node's WARNING and ERROR lines (the last ``limit``), for assertion messages."""
+        lines = [
+            line
+            for line in self.log().splitlines()
+            if (" WARNING " in line or " ERROR " in line)
+            and "maximum number of running instances" not in line  # APScheduler's skipped ticks
+        ]
+        return "\n".join(lines[-limit:])
+
     def stop(self, timeout: float = 30) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from node.errors import DiskFullError, InvalidUIDError
-from node.store import InstanceStore, validate_uid
+from node.store import STALE_TEMP_SECONDS, InstanceStore, validate_uid
 
 
 @pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.2", "0.1", "2.25.123456789012345678901234567890"])
@@ -41,8 +42,14 @@ def test_sweep_removes_crash_leftovers_only(tmp_path: Path) -> None:
     store.write(rel, (b"x",))
     leftover = tmp_path / "1.2" / "1.2.3" / ".1.2.3.5.dcm.1.2.tmp"
     leftover.write_bytes(b"half")
+    stale = time.time() - STALE_TEMP_SECONDS - 1
+    os.utime(leftover, (stale, stale))
+    in_flight = tmp_path / "1.2" / "1.2.3" / ".1.2.3.6.dcm.3.4.tmp"
+    in_flight.write_bytes(b"being written by another process")
     assert store.sweep_temporary() == 1
     assert not leftover.exists() and (tmp_path / rel).exists()
+    # a process starting while others receive must leave their files alone
+    assert in_flight.exists()
 
 
 def test_watermark_refuses_before_writing(tmp_path: Path) -> None:
