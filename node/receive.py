@@ -16,6 +16,7 @@ import socketserver
 import ssl
 import threading
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -23,15 +24,17 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association as PynAssociation
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
 from node.errors import ConfigError, DatabaseError, DiskFullError, StorageError
+from node.filemeta import file_meta
 from node.index import Indexer, RejectedInstance, inspect_encoded
 from node.sop_classes import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
 from node.statuses import Status
 from node.store import InstanceStore
+from node.transport import EventDrivenRequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,12 @@ def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tupl
     request = cast(C_STORE, event.request)
     transfer_syntax = str(event.context.transfer_syntax)
     try:
-        data = event.encoded_dataset(include_meta=True)
+        if not isinstance(request.DataSet, BytesIO):
+            raise RejectedInstance(Status.CANNOT_UNDERSTAND, "C-STORE request without a data set")
+        data = (
+            file_meta(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), transfer_syntax)
+            + request.DataSet.getvalue()
+        )
         info = inspect_encoded(
             data,
             requested_sop_class=str(request.AffectedSOPClassUID),
@@ -225,49 +233,6 @@ def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tupl
             state.nbytes += size
     log.debug("receive.stored", extra={"sop_instance_uid": info.sop_instance_uid, "bytes": size})
     return Status.SUCCESS, ""
-
-
-class WholePduSocket(AssociationSocket):
-    """pynetdicom's socket, reading a PDU with as few ``recv`` calls as the kernel allows.
-
-    pynetdicom reads in 4 KiB pieces: 128 calls for one 512x512 slice, each giving up and
-    retaking the GIL behind the other associations' threads. Reading into one buffer of
-    the PDU's size cut receive CPU by about 12% and raised single-association ingest by
-    about 10% in ``bench/ingest.py``. The buffer is allocated up front, so only for PDUs
-    within the size we advertised; a larger declared length (a peer breaking the limit,
-    or lying to make us allocate) goes through pynetdicom's incremental read.
-    """
-
-    #: reads up to this size are always allocated whole (association PDUs, small P-DATA)
-    SMALL_PDU = 64 * 1024
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        limit = max(self.SMALL_PDU, self.assoc.acceptor.maximum_length or 0)
-        if nr_bytes > limit:
-            return super().recv(nr_bytes)
-        sock = cast(socket.socket, self.socket)
-        buffer = bytearray(nr_bytes)
-        with memoryview(buffer) as view:
-            read = 0
-            while read < nr_bytes:
-                count = sock.recv_into(view[read:], nr_bytes - read)
-                if not count:  # closed by the peer: return what arrived, as pynetdicom does
-                    break
-                read += count
-        if read < nr_bytes:
-            del buffer[read:]
-        return buffer
-
-
-class WholePduRequestHandler(RequestHandler):
-    """pynetdicom's request handler, with its association reading through `WholePduSocket`."""
-
-    def _create_association(self) -> PynAssociation:
-        assoc = super()._create_association()
-        # pynetdicom builds the socket (and queues its connection event) itself; only the
-        # read method differs, so the instance changes class rather than being rebuilt.
-        assoc.dul.socket.__class__ = WholePduSocket  # type: ignore[union-attr]
-        return assoc
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -341,7 +306,7 @@ def build_server(
         ssl_context=ssl_context,
         evt_handlers=handlers,
         server_class=ReusePortServer,
-        request_handler=WholePduRequestHandler,
+        request_handler=EventDrivenRequestHandler,
     )
 
 
