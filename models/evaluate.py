@@ -8,7 +8,9 @@ named in the generated text by the negation-aware labeller against the truth: tr
 for phantoms, else dataset.jsonl labels, else the labeller on the reference report) and the
 findings head's macro AUC. `--json` prints exactly one JSON object. Phantoms are written to
 a temporary folder with study seeds `seed * 100000 + index`; use a seed other than the
-training data's (training.json records it; a clash is refused).
+training data's (training.json records it; a clash is refused). `--device` (auto, cpu,
+cuda, cuda:N) is where the model generates; on CUDA it runs in the precision the node's
+worker uses there (`Placement`'s "auto"), so GPU figures can differ slightly from CPU ones.
 Every option has an environment mirror, MSVLM_EVAL_<OPTION>.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 
 from models.msvlm import ReportGenerator
 from models.training.data import DatasetError, IndexEntry, load_study_views, make_phantoms, read_index
+from models.training.device import DEVICE_CHOICES, resolve_device
 from models.training.labeller import PATTERNS, extract_findings
 from models.training.metrics import clinical_efficacy, corpus_bleu, macro_auc, meteor, rouge_l
 
@@ -160,13 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="skip METEOR (it starts a JVM)",
     )
     parser.add_argument("--json", action="store_true", default=_env("JSON", "") in ("1", "true"))
+    parser.add_argument(
+        "--device",
+        default=_env("DEVICE", "auto"),
+        help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
+    )
     args = parser.parse_args(argv)
     try:
         if (args.phantoms > 0) == (args.data is not None):
             raise DatasetError("give either --phantoms N (with --seed) or --data DIR")
         if args.phantoms and training_phantom_seed(args.model) == args.seed:
             raise DatasetError(f"--seed {args.seed} is the seed the model was trained on; pick another")
-        generator = ReportGenerator.from_pretrained(args.model)
+        generator = ReportGenerator.from_pretrained(args.model, device=resolve_device(args.device))
         with contextlib.ExitStack() as stack:
             if args.phantoms:
                 data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="msvlm-eval-")))

@@ -1,7 +1,7 @@
 """Train MS-VLM (or the 3D-patch baseline) on a dataset folder and save a model folder.
 
     python -m models.train --preset demo --make-phantoms 400 --data /tmp/phantoms \\
-        --out models/weights/demo [--seed 0] [--baseline]
+        --out models/weights/demo [--seed 0] [--baseline] [--device auto|cpu|cuda|cuda:N]
 
 The data folder holds study folders of DICOM files and `dataset.jsonl` (what
 `models.phantom.write_dataset` writes); `--make-phantoms N` writes N phantom studies there
@@ -10,8 +10,10 @@ preprocessed in memory. Stages (see `models.training.stages`): 0 DINO on slices,
 features cached, 1 masked embedding modelling, 2a LM warm-up on the reports, 2 bridge
 alignment with the LM frozen, 3 report tuning with the findings head. The output folder
 loads with `ReportGenerator.from_pretrained` and carries `findings.json` (the coded finding
-vocabulary the node's SR writer uses) and `training.json` (stages, losses, times, data).
-Every option has an environment mirror, MSVLM_TRAIN_<OPTION>.
+vocabulary the node's SR writer uses) and `training.json` (stages, losses, times, data,
+device). `--device auto` trains on CUDA when torch sees a GPU (forward passes under bf16
+autocast, see `models.training.device`), else on the CPU; the saved weights are float32 on
+the CPU either way. Every option has an environment mirror, MSVLM_TRAIN_<OPTION>.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from models.training.data import (
     make_phantoms,
     read_index,
 )
+from models.training.device import DEVICE_CHOICES, autocast_dtype, resolve_device
 from models.training.dino import train_dino
 from models.training.labeller import extract_findings
 from models.training.stages import (
@@ -195,11 +198,16 @@ def train(
     matrix: int = 64,
     slices: int = 24,
     schedule: Schedule | None = None,
+    device: str | torch.device = "cpu",
 ) -> ReportGenerator:
     """Everything `python -m models.train` does; returns the trained generator (also saved).
 
-    `schedule` overrides the preset's stage budgets (tests use a few steps).
+    `schedule` overrides the preset's stage budgets (tests use a few steps). `device` is
+    where every stage runs (see `models.training.device.resolve_device`; "cpu" here so that
+    library callers and tests stay on the CPU, "auto" is the CLI's default). The returned
+    generator, like the saved folder, is on the CPU in float32.
     """
+    target = resolve_device(str(device))
     schedule = schedule or schedule_for(preset)
     total_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -235,18 +243,22 @@ def train(
         from models.baseline3d import Baseline3dForReportGeneration
 
         model = Baseline3dForReportGeneration(config)  # type: ignore[arg-type]
+        model.to(target)  # type: ignore[arg-type]  # transformers' decorated `to` confuses mypy
         logs = baseline_stages(model, processor, studies, schedule, seed=seed)
         for log in logs:
             print(log.line(), flush=True)
     else:
         model = MsVlmForReportGeneration(config)  # type: ignore[arg-type]
+        model.to(target)  # type: ignore[arg-type]  # transformers' decorated `to` confuses mypy
         logs = train_msvlm(model, processor, studies, schedule, seed)
 
+    # Placement "cpu" moves the weights back to the CPU in float32 before saving.
     generator = ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu"))
     out.mkdir(parents=True, exist_ok=True)
     generator.save_pretrained(out)
     (out / FINDINGS_FILE).write_text(json.dumps(finding_vocabulary(), indent=2) + "\n")
     total = time.perf_counter() - total_start
+    half = autocast_dtype(target)
     record = {
         "preset": preset,
         "model": "baseline3d" if baseline else "msvlm",
@@ -261,6 +273,8 @@ def train(
         "stages": [asdict(log) for log in logs],
         "timings_s": {**timings, "total": total},
         "torch_threads": torch.get_num_threads(),
+        "device": str(target),
+        "autocast": None if half is None else str(half).removeprefix("torch."),
     }
     (out / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
     print("\nstage times:")
@@ -319,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--matrix", type=int, default=int(_env("MATRIX", "64") or 64))
     parser.add_argument("--slices", type=int, default=int(_env("SLICES", "24") or 24))
+    parser.add_argument(
+        "--device",
+        default=_env("DEVICE", "auto"),
+        help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
+    )
     args = parser.parse_args(argv)
     schedule = schedule_for(args.preset)
     if args.align_epochs is not None:
@@ -337,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             matrix=args.matrix,
             slices=args.slices,
             schedule=schedule,
+            device=args.device,
         )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -228,24 +228,38 @@ def text_batch(
     )
 
 
-def view_ids(processor: MsVlmProcessor, studies: Sequence[StudyRecord]) -> torch.Tensor:
+def view_ids(
+    processor: MsVlmProcessor, studies: Sequence[StudyRecord], *, device: torch.device | None = None
+) -> torch.Tensor:
+    """(B, V) view ids (0 = padding), made on `device` in one transfer."""
     num_views = max(len(study.view_keys) for study in studies)
-    out = torch.zeros((len(studies), num_views), dtype=torch.long)
-    for b, study in enumerate(studies):
-        for v, key in enumerate(study.view_keys):
-            out[b, v] = processor.view_id(key)
-    return out
+    rows = [
+        [processor.view_id(key) for key in study.view_keys] + [0] * (num_views - len(study.view_keys))
+        for study in studies
+    ]
+    return torch.tensor(rows, dtype=torch.long, device=device)
 
 
-def pad_views(per_study: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[[(n_v, ...) per view] per study] -> (B, V, Z, ...) float32 zero-padded and (B, V, Z) mask."""
+def pad_views(
+    per_study: Sequence[Sequence[torch.Tensor]], *, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[[(n_v, ...) per view] per study] -> (B, V, Z, ...) float32 zero-padded and (B, V, Z) mask.
+
+    The batch is assembled where the views are (pixels on the CPU, cached features on the
+    training device) and ends on `device` (default: there). CPU views bound for CUDA are
+    gathered into pinned memory, so the one copy per batch can run asynchronously: what
+    DataLoader's pin_memory does, and only where it helps.
+    """
     num_views = max(len(views) for views in per_study)
     depth = max(view.shape[0] for views in per_study for view in views)
     trailing = per_study[0][0].shape[1:]
-    out = torch.zeros((len(per_study), num_views, depth, *trailing))
-    mask = torch.zeros((len(per_study), num_views, depth), dtype=torch.bool)
+    source = per_study[0][0].device
+    target = source if device is None else device
+    pin = source.type == "cpu" and target.type == "cuda"
+    out = torch.zeros((len(per_study), num_views, depth, *trailing), device=source, pin_memory=pin)
+    mask = torch.zeros((len(per_study), num_views, depth), dtype=torch.bool, device=source, pin_memory=pin)
     for b, views in enumerate(per_study):
         for v, view in enumerate(views):
             out[b, v, : view.shape[0]] = view.float()
             mask[b, v, : view.shape[0]] = True
-    return out, mask
+    return out.to(target, non_blocking=True), mask.to(target, non_blocking=True)

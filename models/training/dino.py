@@ -4,8 +4,11 @@ A student and an EMA teacher share the ViT architecture plus a projection head; 
 sees two global crops of a slice, the student those and a few smaller local crops, and the
 student learns to predict the teacher's centred, sharpened distribution over prototypes
 (Caron et al. 2021). Augmentations are batched tensor ops (random resized crops via affine
-grids, flips, intensity jitter, noise), driven by one seeded `torch.Generator`. After
-training, the teacher's backbone is the slice encoder the later stages use.
+grids, flips, intensity jitter, noise), driven by one seeded `torch.Generator` on the
+backbone's device: random tensors are drawn where they are used (no per-step host-to-GPU
+copies of noise), and on the CPU the stream is the one it always was. Forward passes run
+under the device's training autocast (`device.training_autocast`); the loss is float32.
+After training, the teacher's backbone is the slice encoder the later stages use.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import ViTModel
+
+from .device import module_device, training_autocast
 
 
 @dataclass(frozen=True)
@@ -86,16 +91,16 @@ def random_resized_crop(
     images: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator
 ) -> torch.Tensor:
     """Batched random resized crops (aspect 3/4..4/3) with random horizontal flips."""
-    n = images.shape[0]
-    area = torch.empty(n).uniform_(*scale, generator=generator)
-    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
+    n, device = images.shape[0], images.device
+    area = torch.empty(n, device=device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(n, device=device).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
     ratio = log_ratio.exp()
     width = (area * ratio).sqrt().clamp(max=1.0)
     height = (area / ratio).sqrt().clamp(max=1.0)
-    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - width)
-    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - height)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
+    cx = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - width)
+    cy = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - height)
+    flip = torch.where(torch.rand(n, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=device)
     theta[:, 0, 0] = width * flip
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = height
@@ -106,10 +111,10 @@ def random_resized_crop(
 
 def jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random contrast/brightness per image and a little Gaussian noise (normalised pixels)."""
-    n = images.shape[0]
-    contrast = torch.empty(n, 1, 1, 1).uniform_(0.8, 1.2, generator=generator)
-    brightness = torch.empty(n, 1, 1, 1).uniform_(-0.1, 0.1, generator=generator)
-    noise = torch.randn(images.shape, generator=generator) * 0.03
+    n, device = images.shape[0], images.device
+    contrast = torch.empty(n, 1, 1, 1, device=device).uniform_(0.8, 1.2, generator=generator)
+    brightness = torch.empty(n, 1, 1, 1, device=device).uniform_(-0.1, 0.1, generator=generator)
+    noise = torch.randn(images.shape, generator=generator, device=device) * 0.03
     return images * contrast + brightness + noise
 
 
@@ -158,16 +163,18 @@ def train_dino(
 ) -> tuple[ViTModel, list[float]]:
     """Train `backbone` with DINO on `slices` (N, 3, S, S); returns the teacher backbone and losses.
 
-    `backbone` is used as the student and is modified in place.
+    `backbone` is used as the student and is modified in place; training runs on its device
+    (`slices` may stay on the CPU: each step's batch is gathered there and moved).
     """
     if slices.shape[0] == 0:
         raise ValueError("DINO needs at least one slice")
-    generator = torch.Generator().manual_seed(seed)
+    device = module_device(backbone)
+    generator = torch.Generator(device=device).manual_seed(seed)
     head = DinoHead(backbone.config.hidden_size, settings)
-    student = DinoNetwork(backbone, head).train()
+    student = DinoNetwork(backbone, head).to(device).train()
     teacher = copy.deepcopy(student).eval()
     teacher.requires_grad_(False)
-    criterion = DinoLoss(settings)
+    criterion = DinoLoss(settings).to(device)
     parameters = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in parameters if p.ndim > 1]
     no_decay = [p for p in parameters if p.ndim <= 1]
@@ -182,13 +189,14 @@ def train_dino(
         lr *= 0.5 * (1 + math.cos(math.pi * step / settings.steps)) if step >= settings.warmup_steps else 1.0
         for group in optimizer.param_groups:
             group["lr"] = lr
-        index = torch.randint(0, slices.shape[0], (settings.batch_size,), generator=generator)
-        images = slices[index].float()
+        index = torch.randint(0, slices.shape[0], (settings.batch_size,), generator=generator, device=device)
+        images = slices[index.to(slices.device)].to(device, non_blocking=True).float()
         global_crops, local_crops = _crops(images, settings, generator)
-        with torch.no_grad():
-            teacher_out = teacher(global_crops)
-        student_out = student([*global_crops, *local_crops])
-        loss = criterion(student_out, teacher_out)
+        with training_autocast(device):
+            with torch.no_grad():
+                teacher_out = teacher(global_crops)
+            student_out = student([*global_crops, *local_crops])
+        loss = criterion([s.float() for s in student_out], [t.float() for t in teacher_out])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 3.0)

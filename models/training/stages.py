@@ -11,6 +11,10 @@ texts alone ("stage 2a"), which is what makes a frozen LM meaningful in stage 2.
 Baseline: no slice encoder, so no stage 0 or 1. It gets the same LM warm-up, then stage 2
 trains volume encoder + bridge with the LM frozen (a frozen random encoder could not be
 aligned), then stage 3 as MS-VLM; same epochs, batch size and learning rates.
+
+Every stage runs on the device its model is on (`device.module_device`): batches are
+moved there, random masks drawn there, caches kept there, and each step's forward pass
+runs under `device.training_autocast` while its loss and the optimiser stay float32.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from models.msvlm.report_model import ReportModelBase
 from models.msvlm.zformer import pack_views
 
 from .data import StudyRecord, batches, pad_views, text_batch, view_ids
+from .device import module_device, training_autocast
 from .dino import DinoSettings
 
 
@@ -136,11 +141,13 @@ def run_stage(
     step: Callable[[list[int]], torch.Tensor],
     *,
     seed: int,
+    device: torch.device,
     scaled: Sequence[nn.Parameter] = (),
 ) -> StageLog:
     """AdamW with linear warm-up and cosine decay over `settings.epochs` passes of `n_items`.
 
     `scaled` parameters (a subset of `parameters`) learn at `settings.encoder_lr_scale` x lr.
+    `step` runs under `device`'s training autocast; its loss is taken back to float32.
     """
     log = StageLog(name=name)
     if settings.epochs <= 0 or n_items == 0:
@@ -169,7 +176,9 @@ def run_stage(
     for epoch in range(settings.epochs):
         running, count = 0.0, 0
         for index in batches(n_items, settings.batch_size, seed=seed, epoch=epoch):
-            loss = step(index)
+            with training_autocast(device):
+                loss = step(index)
+            loss = loss.float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -214,16 +223,28 @@ def _language_model_parameters(model: ReportModelBase, *, lora: bool) -> list[nn
 def cache_slice_features(
     model: MsVlmForReportGeneration, studies: Sequence[StudyRecord]
 ) -> list[list[torch.Tensor]]:
-    """Encode every slice once with the (frozen) slice encoder: per study, per view (n, D)."""
+    """Encode every slice once with the (frozen) slice encoder: per study, per view (n, D).
+
+    The features (float32) stay on the model's device: small, and read by every later step.
+    """
     model.eval()
-    return [[model.encode_slices(view.float()) for view in study.pixels] for study in studies]
+    device = module_device(model)
+    with training_autocast(device):
+        return [
+            [model.encode_slices(view.to(device).float()).float() for view in study.pixels]
+            for study in studies
+        ]
 
 
 def _feature_batch(
-    processor: MsVlmProcessor, studies: Sequence[StudyRecord], features: Sequence[list[torch.Tensor]]
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    features: Sequence[list[torch.Tensor]],
+    *,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    padded, mask = pad_views(features)
-    return padded, mask, view_ids(processor, studies)
+    padded, mask = pad_views(features, device=device)
+    return padded, mask, view_ids(processor, studies, device=device)
 
 
 def stage1_mem(
@@ -237,16 +258,18 @@ def stage1_mem(
     seed: int,
 ) -> StageLog:
     """Masked embedding modelling of the Z-former on cached slice features (L1 on masked slots)."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    head = nn.Linear(model.config.zformer.hidden_size, model.config.vision.hidden_size)
+    device = module_device(model)
+    generator = torch.Generator(device=device).manual_seed(seed + 1)
+    head = nn.Linear(model.config.zformer.hidden_size, model.config.vision.hidden_size).to(device)
     params = [*_only_train(model, model.zformer), *head.parameters()]
     model.train()
 
     def step(index: list[int]) -> torch.Tensor:
         chosen = [studies[i] for i in index]
-        feats, mask, ids = _feature_batch(processor, chosen, [features[i] for i in index])
+        feats, mask, ids = _feature_batch(processor, chosen, [features[i] for i in index], device=device)
         packed = pack_views(feats, mask, ids)
-        replace = (torch.rand(packed.mask.shape, generator=generator) < mask_ratio) & packed.mask
+        draw = torch.rand(packed.mask.shape, generator=generator, device=device)
+        replace = (draw < mask_ratio) & packed.mask
         if not bool(replace.any()):
             replace = packed.mask & (packed.positions == 0)
         out = model.zformer(
@@ -254,7 +277,7 @@ def stage1_mem(
         )
         return F.l1_loss(head(out.last_hidden_state)[replace], packed.features[replace])
 
-    log = run_stage("stage1 mem", params, settings, len(studies), step, seed=seed)
+    log = run_stage("stage1 mem", params, settings, len(studies), step, seed=seed, device=device)
     model.eval()
     return log
 
@@ -269,10 +292,11 @@ def lm_warmup(
 ) -> StageLog:
     """Stage 2a: causal LM on prompt + report text alone (no pretrained LM is available)."""
     params = _only_train(model, model.language_model)
+    device = module_device(model)
     model.train()
 
     def step(index: list[int]) -> torch.Tensor:
-        batch = text_batch(processor, [studies[i] for i in index])
+        batch = text_batch(processor, [studies[i] for i in index]).to(device)
         out = model.language_model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -281,7 +305,7 @@ def lm_warmup(
         )
         return out.loss
 
-    log = run_stage("stage2a lm warm-up", params, settings, len(studies), step, seed=seed + 2)
+    log = run_stage("stage2a lm warm-up", params, settings, len(studies), step, seed=seed + 2, device=device)
     model.eval()
     return log
 
@@ -294,10 +318,12 @@ def _msvlm_step(
     *,
     with_findings: bool,
 ) -> Callable[[list[int]], torch.Tensor]:
+    device = module_device(model)
+
     def step(index: list[int]) -> torch.Tensor:
         chosen = [studies[i] for i in index]
-        feats, mask, ids = _feature_batch(processor, chosen, [features[i] for i in index])
-        text = text_batch(processor, chosen)
+        feats, mask, ids = _feature_batch(processor, chosen, [features[i] for i in index], device=device)
+        text = text_batch(processor, chosen).to(device)
         out = model(
             slice_features=feats,
             slice_mask=mask,
@@ -326,7 +352,15 @@ def stage2_align(
     params = _only_train(model, model.bridge)
     model.train()
     step = _msvlm_step(model, processor, studies, features, with_findings=False)
-    log = run_stage("stage2 bridge alignment", params, settings, len(studies), step, seed=seed + 3)
+    log = run_stage(
+        "stage2 bridge alignment",
+        params,
+        settings,
+        len(studies),
+        step,
+        seed=seed + 3,
+        device=module_device(model),
+    )
     model.eval()
     return log
 
@@ -338,15 +372,17 @@ def cache_vision_hidden(
     """Hidden states entering the top `top_layers` ViT layers: per study, per view (n, T, D) fp16."""
     vit = model.vision_model.eval()
     keep = len(vit.layers) - top_layers
+    device = module_device(model)
     out = []
     for study in studies:
         views = []
         for view in study.pixels:
             chunks = []
-            for chunk in view.float().split(model.config.slice_chunk_size):
-                hidden = vit.embeddings(chunk)
-                for layer in vit.layers[:keep]:
-                    hidden = layer(hidden)
+            for chunk in view.to(device).float().split(model.config.slice_chunk_size):
+                with training_autocast(device):
+                    hidden = vit.embeddings(chunk)
+                    for layer in vit.layers[:keep]:
+                        hidden = layer(hidden)
                 chunks.append(hidden.to(torch.float16))
             views.append(torch.cat(chunks))
         out.append(views)
@@ -382,8 +418,11 @@ def stage3_tune(
     frozen features of a small, briefly self-supervised ViT summarise a slice in its CLS
     token and lose small findings that its patch tokens still show.
     """
+    device = module_device(model)
     if lora is not None:
         add_lora(model, lora)
+        # the new adapters, wherever peft made them (the ignore: transformers' decorated `to`)
+        model.to(device)  # type: ignore[arg-type]
     modules: list[nn.Module] = [model.zformer, model.bridge, model.findings_head]
     hidden: list[list[torch.Tensor]] = []
     if tune_vision_layers > 0:
@@ -405,7 +444,14 @@ def stage3_tune(
         per_study = features
     step = _msvlm_step(model, processor, studies, per_study, with_findings=True)
     log = run_stage(
-        "stage3 report tuning", params, settings, len(studies), step, seed=seed + 4, scaled=encoder_params
+        "stage3 report tuning",
+        params,
+        settings,
+        len(studies),
+        step,
+        seed=seed + 4,
+        device=device,
+        scaled=encoder_params,
     )
     merge_lora(model)
     model.eval()
@@ -433,14 +479,16 @@ class _LazyFeatures(Sequence[list[torch.Tensor]]):
 def _pixel_step(
     model: ReportModelBase, processor: MsVlmProcessor, studies: Sequence[StudyRecord], *, with_findings: bool
 ) -> Callable[[list[int]], torch.Tensor]:
+    device = module_device(model)
+
     def step(index: list[int]) -> torch.Tensor:
         chosen = [studies[i] for i in index]
-        pixels, mask = pad_views([list(study.pixels) for study in chosen])
-        text = text_batch(processor, chosen)
+        pixels, mask = pad_views([list(study.pixels) for study in chosen], device=device)
+        text = text_batch(processor, chosen).to(device)
         out = model(
             pixel_values=pixels,
             slice_mask=mask,
-            view_ids=view_ids(processor, chosen),
+            view_ids=view_ids(processor, chosen, device=device),
             input_ids=text.input_ids,
             attention_mask=text.attention_mask,
             labels=text.labels,
@@ -461,6 +509,7 @@ def baseline_stages(
     seed: int,
 ) -> list[StageLog]:
     """LM warm-up, encoder + bridge alignment (LM frozen), then full tuning with findings."""
+    device = module_device(model)
     logs = [lm_warmup(model, processor, studies, schedule.lm_warmup, seed=seed)]
     encoder = model.get_submodule("volume_encoder")
     params = _only_train(model, encoder, model.bridge)
@@ -468,16 +517,27 @@ def baseline_stages(
     step = _pixel_step(model, processor, studies, with_findings=False)
     logs.append(
         run_stage(
-            "stage2 encoder+bridge alignment", params, schedule.align, len(studies), step, seed=seed + 3
+            "stage2 encoder+bridge alignment",
+            params,
+            schedule.align,
+            len(studies),
+            step,
+            seed=seed + 3,
+            device=device,
         )
     )
     if schedule.lora is not None:
         add_lora(model, schedule.lora)
+        model.to(device)  # type: ignore[arg-type]
     params = _only_train(model, encoder, model.bridge, model.findings_head)
     params += _language_model_parameters(model, lora=schedule.lora is not None)
     model.train()
     step = _pixel_step(model, processor, studies, with_findings=True)
-    logs.append(run_stage("stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4))
+    logs.append(
+        run_stage(
+            "stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4, device=device
+        )
+    )
     merge_lora(model)
     model.eval()
     return logs
