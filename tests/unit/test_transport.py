@@ -186,3 +186,21 @@ def test_an_idle_association_does_not_spin_and_ends_cleanly() -> None:
     finally:
         socketserver.TCPServer.shutdown(server)  # as node.receive.drain: not registered with the AE
         server.server_close()
+
+
+def test_only_event_driven_association_threads_skip_the_reactor_nap(monkeypatch: pytest.MonkeyPatch) -> None:
+    naps: list[float] = []
+    monkeypatch.setattr(transport.time, "sleep", naps.append)
+
+    class ReactorThread(threading.Thread):  # stands in for an Association (a Thread)
+        def __init__(self, msg_queue: queue.Queue[object]) -> None:
+            super().__init__(target=lambda: transport._ReactorClock.sleep(0.001))
+            self.dimse = SimpleNamespace(msg_queue=msg_queue)
+
+    for thread in (ReactorThread(transport._WaitingQueue()), ReactorThread(queue.Queue())):
+        thread.start()
+        thread.join()
+    transport._ReactorClock.sleep(0.001)  # the test's own thread: no association at all
+    transport._ReactorClock.sleep(0.01)  # longer sleeps are never skipped
+    # skipped only in the event-driven association; our SCU deliveries keep pynetdicom's nap
+    assert naps == [0.001, 0.001, 0.01]
