@@ -12,7 +12,7 @@ This module keeps pynetdicom's reactors and state machine and changes only how
 they wait:
 
 - the DUL reactor no longer sleeps; its socket's ``ready`` blocks in ``select``
-  on the connection and on a wake-up pipe, which the DUL's outgoing queue writes
+  on the connection and on a wake-up channel, which the DUL's outgoing queue writes
   to whenever the association thread queues a PDU (a C-STORE response), so the
   reactor wakes at once for either direction and not at all in between;
 - the association reactor's non-blocking look at the DIMSE queue waits up to
