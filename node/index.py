@@ -229,21 +229,6 @@ class _PendingRow:
     error: BaseException | None = None
 
 
-_INSTANCE_KEYS = (
-    "sop_instance_uid",
-    "sop_class_uid",
-    "series_instance_uid",
-    "study_instance_uid",
-    "transfer_syntax_uid",
-    "instance_number",
-    "path",
-    "size_bytes",
-    "received_at",
-    "receive_count",
-    "association_id",
-)
-
-
 class DriverStatement:
     """A Core statement compiled once for the engine's dialect, then run on the DBAPI cursor.
 
@@ -255,20 +240,30 @@ class DriverStatement:
     the transaction) SQLAlchemy manages.
     """
 
-    def __init__(self, statement: Any, engine: Engine, keys: tuple[str, ...]):
-        compiled = statement.compile(dialect=engine.dialect, column_keys=list(keys))
-        self._compiled = compiled
+    def __init__(self, statement: Any, engine: Engine):
+        self._statement = statement
+        self._dialect = engine.dialect
+        self._compiled: Any = None  # compiled for the parameter names of the first execution
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+
+    def _compile(self, keys: list[str]) -> None:
+        compiled = self._statement.compile(dialect=self._dialect, column_keys=keys)
         self._sql = compiled.string
         self._positions = compiled.positiontup  # None for named paramstyles (psycopg)
         self._processors = {
             name: processor
             for name, bind in compiled.binds.items()
-            if (processor := bind.type.bind_processor(engine.dialect)) is not None
+            if (processor := bind.type.bind_processor(self._dialect)) is not None
         }
-        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._compiled = compiled
 
     def first(self, conn: Connection, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Execute with ``params``; the first row returned, or None. Driver errors become DatabaseError."""
+        """Execute with ``params`` (always the same names); the first row returned, or None.
+
+        Driver errors become :class:`DatabaseError`.
+        """
+        if self._compiled is None:
+            self._compile(list(params))
         values = self._compiled.construct_params(params)
         for name, processor in self._processors.items():
             values[name] = processor(values[name])
@@ -367,7 +362,7 @@ class Indexer:
             # a SOP Instance UID may only come back in the series it first came in
             where=table.c.series_instance_uid == upsert.excluded.series_instance_uid,
         ).returning(table.c.id)
-        self._upsert_instance = DriverStatement(upsert_instance, engine, _INSTANCE_KEYS)
+        self._upsert_instance = DriverStatement(upsert_instance, engine)
         self._writer = threading.Thread(target=self._write_loop, name="index-writer", daemon=True)
         self._writer.start()
 

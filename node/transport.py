@@ -221,8 +221,8 @@ def make_event_driven(assoc: Association) -> None:
     """
     dul: Any = assoc.dul
     dimse: Any = assoc.dimse
-    for owner, name in ((dul, "to_provider_queue"), (dul, "event_queue"), (dul, "_run_loop_delay")):
-        if not hasattr(owner, name):
+    for name in ("to_provider_queue", "event_queue", "_run_loop_delay"):
+        if not hasattr(dul, name):
             raise RuntimeError(f"pynetdicom changed: DULServiceProvider.{name} is gone")
     if not hasattr(dimse, "msg_queue"):
         raise RuntimeError("pynetdicom changed: DIMSEServiceProvider.msg_queue is gone")

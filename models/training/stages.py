@@ -141,19 +141,20 @@ def run_stage(
     step: Callable[[list[int]], torch.Tensor],
     *,
     seed: int,
-    device: torch.device,
     scaled: Sequence[nn.Parameter] = (),
 ) -> StageLog:
     """AdamW with linear warm-up and cosine decay over `settings.epochs` passes of `n_items`.
 
     `scaled` parameters (a subset of `parameters`) learn at `settings.encoder_lr_scale` x lr.
-    `step` runs under `device`'s training autocast; its loss is taken back to float32.
+    `step` runs under the training autocast of the device the parameters are on; its loss
+    is taken back to float32.
     """
     log = StageLog(name=name)
     if settings.epochs <= 0 or n_items == 0:
         print(f"{name}: skipped", flush=True)
         return log
     params = [p for p in parameters if p.requires_grad]
+    device = params[0].device
     scaled_ids = {id(p) for p in scaled}
     groups = [
         {"params": [p for p in params if id(p) not in scaled_ids], "lr": settings.lr},
@@ -277,7 +278,7 @@ def stage1_mem(
         )
         return F.l1_loss(head(out.last_hidden_state)[replace], packed.features[replace])
 
-    log = run_stage("stage1 mem", params, settings, len(studies), step, seed=seed, device=device)
+    log = run_stage("stage1 mem", params, settings, len(studies), step, seed=seed)
     model.eval()
     return log
 
@@ -305,7 +306,7 @@ def lm_warmup(
         )
         return out.loss
 
-    log = run_stage("stage2a lm warm-up", params, settings, len(studies), step, seed=seed + 2, device=device)
+    log = run_stage("stage2a lm warm-up", params, settings, len(studies), step, seed=seed + 2)
     model.eval()
     return log
 
@@ -352,15 +353,7 @@ def stage2_align(
     params = _only_train(model, model.bridge)
     model.train()
     step = _msvlm_step(model, processor, studies, features, with_findings=False)
-    log = run_stage(
-        "stage2 bridge alignment",
-        params,
-        settings,
-        len(studies),
-        step,
-        seed=seed + 3,
-        device=module_device(model),
-    )
+    log = run_stage("stage2 bridge alignment", params, settings, len(studies), step, seed=seed + 3)
     model.eval()
     return log
 
@@ -450,7 +443,6 @@ def stage3_tune(
         len(studies),
         step,
         seed=seed + 4,
-        device=device,
         scaled=encoder_params,
     )
     merge_lora(model)
@@ -523,7 +515,6 @@ def baseline_stages(
             len(studies),
             step,
             seed=seed + 3,
-            device=device,
         )
     )
     if schedule.lora is not None:
@@ -533,11 +524,7 @@ def baseline_stages(
     params += _language_model_parameters(model, lora=schedule.lora is not None)
     model.train()
     step = _pixel_step(model, processor, studies, with_findings=True)
-    logs.append(
-        run_stage(
-            "stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4, device=device
-        )
-    )
+    logs.append(run_stage("stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4))
     merge_lora(model)
     model.eval()
     return logs
