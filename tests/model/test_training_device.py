@@ -17,7 +17,13 @@ from models.train import main
 from models.training.data import pad_views, preprocess_study
 from models.training.device import autocast_dtype, module_device, resolve_device, training_autocast
 from models.training.dino import train_dino
-from models.training.stages import StageSettings, cache_slice_features, schedule_for, stage1_mem
+from models.training.stages import (
+    StageSettings,
+    cache_slice_features,
+    feature_statistics,
+    schedule_for,
+    stage1_mem,
+)
 
 pytestmark = pytest.mark.model
 
@@ -107,3 +113,32 @@ def test_dino_on_a_cpu_backbone_returns_a_cpu_float32_teacher() -> None:
     teacher, losses = train_dino(backbone, torch.randn(6, 3, 16, 16).half(), settings, seed=0)
     assert len(losses) == 1
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in teacher.parameters())
+
+
+def test_stage1_regresses_standardised_features_so_the_dataset_mean_is_no_answer(
+    tiny_model: MsVlmForReportGeneration, processor: MsVlmProcessor, make_study: StudyFactory
+) -> None:
+    """Features that barely differ between slices (as a briefly trained slice encoder gives)
+    must not be learnable by predicting their mean: that collapsed the demo's Z-former.
+    Here the features are independent noise around a large mean, so no context can predict
+    a masked one and the standardised L1 stays near that of a unit Gaussian (~0.8); a raw
+    target would let the loss fall to the noise scale (~0.01)."""
+    studies = [
+        preprocess_study(f"s{i}", make_study([("CT", "CT:axial:venous", 6)], seed=i), processor, "x .", {})
+        for i in range(4)
+    ]
+    generator = torch.Generator().manual_seed(0)
+    width = tiny_model.config.vision.hidden_size
+    features = [[1.0 + 0.01 * torch.randn(6, width, generator=generator)] for _ in studies]
+    mean, std = feature_statistics(features)
+    assert torch.allclose(mean, torch.ones(width), atol=0.02) and bool((std < 0.02).all())
+    log = stage1_mem(
+        tiny_model,
+        processor,
+        studies,
+        features,
+        StageSettings(epochs=30, lr=1e-2, batch_size=2),
+        mask_ratio=0.3,
+        seed=0,
+    )
+    assert log.last_loss > 0.4, log.epoch_losses
