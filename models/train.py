@@ -6,9 +6,8 @@
 The data folder holds study folders of DICOM files and `dataset.jsonl` (what
 `models.phantom.write_dataset` writes); `--make-phantoms N` writes N phantom studies there
 first. Every study is read once through the node's grouping and volume loader and kept
-preprocessed in memory. Stages (see `models.training.stages`): 0 DINO on slices, 0b slice
-supervision of the slice encoder where the data has slice labels (phantom answer keys),
-slice features cached, 1 masked embedding modelling, 2a LM warm-up on the reports, 2 bridge
+preprocessed in memory. Stages (see `models.training.stages`): 0 DINO on slices, slice
+features cached, 1 masked embedding modelling, 2a LM warm-up on the reports, 2 bridge
 alignment with the LM frozen, 3 report tuning with the findings head. The output folder
 loads with `ReportGenerator.from_pretrained` and carries `findings.json` (the coded finding
 vocabulary the node's SR writer uses) and `training.json` (stages, losses, times, data,
@@ -62,7 +61,6 @@ from models.training.stages import (
     cache_slice_features,
     lm_warmup,
     schedule_for,
-    slice_supervision,
     stage1_mem,
     stage2_align,
     stage3_tune,
@@ -157,11 +155,6 @@ def train_msvlm(
     logs.append(dino)
     print(dino.line(), flush=True)
     del slices
-
-    supervised = slice_supervision(model, studies, schedule.slice_supervision, seed=seed)
-    logs.append(supervised)
-    if supervised.epoch_losses:
-        print(supervised.line(), flush=True)
 
     start = time.perf_counter()
     features = cache_slice_features(model, studies)

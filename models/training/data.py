@@ -15,17 +15,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from models.msvlm.processing_msvlm import MsVlmBatch, MsVlmProcessor, ViewInput
-
-from .slice_labels import read_truth_findings, slice_labels
-
-if TYPE_CHECKING:
-    from node.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +123,6 @@ def read_index(data_dir: str | Path) -> list[IndexEntry]:
 
 def load_study_views(folder: Path) -> list[ViewInput]:
     """A study folder of DICOM files -> its views in the node's order (headers, grouping, volume)."""
-    return [view for view, _ in _load_views(folder)]
-
-
-def _load_views(folder: Path) -> list[tuple[ViewInput, Volume]]:
-    """The views of a study folder with the loaded volumes they came from (for their geometry)."""
     from node.errors import NodeError
     from node.grouping import GroupingSettings, group_study
     from node.headers import UnreadableInstanceError, read_header
@@ -151,9 +140,7 @@ def _load_views(folder: Path) -> list[tuple[ViewInput, Volume]]:
         views = []
         for view in manifest.views:
             volume = load_view(view, settings=settings)
-            views.append(
-                (ViewInput(pixels=volume.pixels, modality=view.modality, view_key=view.key), volume)  # type: ignore[arg-type]
-            )
+            views.append(ViewInput(pixels=volume.pixels, modality=view.modality, view_key=view.key))  # type: ignore[arg-type]
     except NodeError as exc:
         raise DatasetError(f"{folder}: {exc}") from exc
     if not views:
@@ -163,12 +150,7 @@ def _load_views(folder: Path) -> list[tuple[ViewInput, Volume]]:
 
 @dataclass(frozen=True, eq=False)
 class StudyRecord:
-    """A preprocessed study: per view (n, 3, S, S) float16 slices, keys, modality, text, labels.
-
-    `slice_labels`: per view (n, F) float32 focal-finding labels per slice, 1 / 0 / -1 (see
-    `models.training.slice_labels`), in the processor's finding order; empty when the study
-    has no answer key.
-    """
+    """A preprocessed study: per view (n, 3, S, S) float16 slices, keys, modality, text, labels."""
 
     name: str
     pixels: tuple[torch.Tensor, ...]
@@ -176,7 +158,6 @@ class StudyRecord:
     modalities: tuple[str, ...]
     report: str
     labels: Mapping[str, int]
-    slice_labels: tuple[torch.Tensor, ...] = ()
 
     def meta_views(self) -> list[ViewInput]:
         """Pixel-free stand-ins (one 1x1 slice) carrying modality and key, for text batching."""
@@ -187,39 +168,16 @@ class StudyRecord:
 
 
 def preprocess_study(
-    name: str,
-    views: Sequence[ViewInput],
-    processor: MsVlmProcessor,
-    report: str,
-    labels: Mapping[str, int],
-    slice_labels: Sequence[np.ndarray] = (),
+    name: str, views: Sequence[ViewInput], processor: MsVlmProcessor, report: str, labels: Mapping[str, int]
 ) -> StudyRecord:
-    """Preprocess every view; `slice_labels` (per view (n, F), optional) follow the processor's
-    resampling along z to the nearest original slice."""
-    pixels = tuple(processor.preprocess_view(view).to(torch.float16) for view in views)
-    resampled: tuple[torch.Tensor, ...] = ()
-    if slice_labels:
-        resampled = tuple(
-            torch.from_numpy(per_slice[_nearest_slices(per_slice.shape[0], view.shape[0])]).float()
-            for per_slice, view in zip(slice_labels, pixels, strict=True)
-        )
     return StudyRecord(
         name=name,
-        pixels=pixels,
+        pixels=tuple(processor.preprocess_view(view).to(torch.float16) for view in views),
         view_keys=tuple(view.view_key for view in views),
         modalities=tuple(view.modality for view in views),
         report=report,
         labels=dict(labels),
-        slice_labels=resampled,
     )
-
-
-def _nearest_slices(source: int, target: int) -> np.ndarray:
-    """Index of the original slice nearest to each of `target` slices resampled from `source`
-    (ends kept, as `processing_msvlm.resample_slices` does)."""
-    if target == source or source == 1:
-        return np.arange(target) if target == source else np.zeros(target, dtype=np.int64)
-    return np.rint(np.linspace(0, source - 1, target)).astype(np.int64)
 
 
 def load_dataset(
@@ -229,24 +187,10 @@ def load_dataset(
     out: dict[str, list[StudyRecord]] = {name: [] for name in processors}
     start = time.perf_counter()
     for i, entry in enumerate(entries):
-        loaded = _load_views(entry.folder)
-        views = [view for view, _ in loaded]
-        truth = read_truth_findings(entry.folder)
+        views = load_study_views(entry.folder)
         for name, processor in processors.items():
-            per_slice = []
-            if truth is not None:
-                per_slice = [
-                    slice_labels(
-                        truth,
-                        normal=volume.normal,
-                        positions=volume.positions,
-                        spacing=volume.spacing[0],
-                        labels=processor.settings.finding_labels,
-                    )
-                    for _, volume in loaded
-                ]
             out[name].append(
-                preprocess_study(entry.folder.name, views, processor, entry.report, entry.labels, per_slice)
+                preprocess_study(entry.folder.name, views, processor, entry.report, entry.labels)
             )
         if log_every and (i + 1) % log_every == 0:
             print(

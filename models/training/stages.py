@@ -51,18 +51,6 @@ class StageSettings:
 
 
 @dataclass(frozen=True)
-class SliceSupervisionSettings:
-    """Stage 0b: steps of balanced slice batches (half showing a focal finding, half random)."""
-
-    steps: int
-    batch_size: int = 64
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
-    log_every: int = 50
-
-
-@dataclass(frozen=True)
 class Schedule:
     """Every stage's budget; `presets.schedule_for(name)` gives the one per model size."""
 
@@ -76,8 +64,6 @@ class Schedule:
     #: stage 3 also tunes the top N layers (and final norm) of the slice encoder; the hidden
     #: states entering them are cached once, so this costs N/L of a full encoder pass
     tune_vision_layers: int = 0
-    #: stage 0b, on datasets with slice labels (phantoms); None or 0 steps: skipped
-    slice_supervision: SliceSupervisionSettings | None = None
 
 
 @dataclass
@@ -113,7 +99,6 @@ def schedule_for(preset: str) -> Schedule:
             align=StageSettings(epochs=3, lr=2e-3, batch_size=2),
             tune=StageSettings(epochs=4, lr=2e-3, batch_size=2),
             tune_vision_layers=1,
-            slice_supervision=SliceSupervisionSettings(steps=4, batch_size=8, warmup_steps=1, log_every=2),
         )
     if preset == "demo":
         return Schedule(
@@ -123,7 +108,6 @@ def schedule_for(preset: str) -> Schedule:
             align=StageSettings(epochs=4, lr=1e-3, batch_size=8),
             tune=StageSettings(epochs=20, lr=5e-4, batch_size=8, encoder_lr_scale=4.0),
             tune_vision_layers=2,
-            slice_supervision=SliceSupervisionSettings(steps=1200, batch_size=64, lr=5e-4),
         )
     if preset == "full":
         return Schedule(
@@ -234,90 +218,6 @@ def _language_model_parameters(model: ReportModelBase, *, lora: bool) -> list[nn
 
 
 # --- MS-VLM --------------------------------------------------------------------------------
-
-
-def slice_supervision(
-    model: MsVlmForReportGeneration,
-    studies: Sequence[StudyRecord],
-    settings: SliceSupervisionSettings | None,
-    *,
-    seed: int,
-) -> StageLog:
-    """Stage 0b: tune the whole slice encoder to show focal findings in its CLS embedding.
-
-    A temporary linear head reads the CLS embedding of single slices and learns the slice
-    labels (binary cross-entropy on the labelled entries only). Each batch is half slices
-    that show a finding and half random slices, since a finding is on about 1 slice in 15;
-    slices are flipped left-right at random (the labels do not depend on the side). The head
-    is dropped afterwards: the later stages see only the encoder. Skipped without slice
-    labels (real data) or steps.
-    """
-    log = StageLog(name="stage0b slice supervision")
-    views = [
-        (pixels, labels)
-        for study in studies
-        if study.slice_labels
-        for pixels, labels in zip(study.pixels, study.slice_labels, strict=True)
-    ]
-    if settings is None or settings.steps <= 0 or not views:
-        reason = "no steps" if settings is None or settings.steps <= 0 else "no slice labels"
-        print(f"{log.name}: skipped ({reason})", flush=True)
-        return log
-    pixels = torch.cat([p for p, _ in views])
-    targets = torch.cat([t for _, t in views])
-    positives = (targets == 1).any(dim=1).nonzero().squeeze(1)
-    if positives.numel() == 0:
-        print(f"{log.name}: skipped (no slice shows a focal finding)", flush=True)
-        return log
-    device = module_device(model)
-    vit = model.vision_model
-    head = nn.Linear(vit.config.hidden_size, targets.shape[1]).to(device)
-    params = [*_only_train(model, vit), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-
-    def factor(i: int) -> float:
-        warm = min(1.0, (i + 1) / max(1, settings.warmup_steps))
-        return warm * 0.5 * (1 + math.cos(math.pi * i / settings.steps))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    generator = torch.Generator().manual_seed(seed + 5)
-    half = settings.batch_size // 2
-    model.train()
-    start, running = time.perf_counter(), 0.0
-    for step in range(settings.steps):
-        index = torch.cat(
-            [
-                positives[torch.randint(positives.numel(), (half,), generator=generator)],
-                torch.randint(pixels.shape[0], (settings.batch_size - half,), generator=generator),
-            ]
-        )
-        flip = torch.rand(index.numel(), generator=generator) < 0.5
-        batch = pixels[index].float()
-        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch).to(device)
-        target = targets[index].to(device)
-        known = target >= 0
-        with training_autocast(device):
-            logits = head(vit(pixel_values=batch).last_hidden_state[:, 0])
-        loss = F.binary_cross_entropy_with_logits(logits.float()[known], target[known])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        running += loss.item()
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
-            done = (step % settings.log_every) + 1
-            log.epoch_losses.append(running / done)
-            running = 0.0
-            print(
-                f"  {log.name} step {step + 1}/{settings.steps} loss {log.epoch_losses[-1]:.4f} "
-                f"({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-    model.eval()
-    log.seconds = time.perf_counter() - start
-    log.first_loss, log.last_loss = log.epoch_losses[0], log.epoch_losses[-1]
-    return log
 
 
 @torch.no_grad()
