@@ -45,6 +45,8 @@ class MsVlmForReportGeneration(ReportModelBase):
         super()._init_weights(module)
         if isinstance(module, ZFormer):
             init.normal_(module.mask_embedding, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.input_mean)
+            init.ones_(module.input_scale)
 
     # --- slice encoder ---------------------------------------------------------------------
 

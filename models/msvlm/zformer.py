@@ -75,15 +75,35 @@ def pack_views(
 
 
 class ZFormer(nn.Module):
-    """Input projection + view embedding + BigBird encoder (no pooler)."""
+    """Input standardisation + projection + view embedding + BigBird encoder (no pooler).
+
+    Slice embeddings are standardised per dimension with the training set's statistics
+    (`input_mean`, `input_scale`, set by `set_input_statistics` before stage 1 and saved
+    with the weights). A briefly trained slice encoder gives embeddings whose
+    slice-to-slice differences are ~1/30 of their common part; projected raw, that common
+    part dominated every token and the demo's Z-former put out the same vector for every
+    slice of every study. The defaults (0 and 1) leave the features as they are.
+    """
 
     def __init__(self, *, config: BigBirdConfig, input_size: int, num_view_ids: int) -> None:
         super().__init__()
+        self.register_buffer("input_mean", torch.zeros(input_size))
+        self.register_buffer("input_scale", torch.ones(input_size))
         self.input_projection = nn.Linear(input_size, config.hidden_size)
         self.view_embedding = nn.Embedding(num_view_ids, config.hidden_size)
         # Learned stand-in for hidden slices in masked embedding modelling (training stage 1).
         self.mask_embedding = nn.Parameter(torch.zeros(input_size))
         self.encoder = BigBirdModel(config, add_pooling_layer=False)
+
+    @torch.no_grad()
+    def set_input_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise inputs with this per-dimension mean and standard deviation (floored)."""
+        self.input_mean.copy_(mean)
+        self.input_scale.copy_(1.0 / std.clamp_min(1e-6))
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """Slice embeddings in the units the Z-former reads (and stage 1 regresses)."""
+        return (features - self.input_mean.to(features.dtype)) * self.input_scale.to(features.dtype)
 
     def attention_type_for(self, length: int) -> str:
         """Block-sparse only where BigBird supports it: longer than its global+window+random span."""
@@ -110,10 +130,11 @@ class ZFormer(nn.Module):
     ) -> ZFormerOutput:
         """features (B, L, Din); view_ids, positions (B, L); mask (B, L) bool.
 
-        `replace_mask` (B, L) bool swaps those slice features for the learned mask embedding
-        before encoding (masked embedding modelling); None at inference.
+        `replace_mask` (B, L) bool swaps those (standardised) slice features for the learned
+        mask embedding before encoding (masked embedding modelling); None at inference.
         """
         length = mask.shape[1]
+        features = self.standardise(features)
         if replace_mask is not None:
             features = torch.where(
                 replace_mask.unsqueeze(-1), self.mask_embedding.to(features.dtype), features

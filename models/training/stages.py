@@ -260,15 +260,14 @@ def stage1_mem(
 ) -> StageLog:
     """Masked embedding modelling of the Z-former on cached slice features (L1 on masked slots).
 
-    The regression target is each masked slice's feature standardised per dimension over
-    the whole dataset. A briefly self-supervised slice encoder gives features that differ
-    little between slices (per-dimension spread ~1/30 of their mean); regressing them raw
-    is solved almost as well by predicting the dataset mean, and that left the demo's
-    Z-former with a constant output (a spread of 0.0003 across studies) that later stages
-    could not train. Standardised, the mean scores an L1 of ~0.8 and only context helps.
+    First the Z-former's input standardisation is set from the cached features (see
+    `ZFormer`); the regression target is the masked slice's standardised feature. Raw, a
+    briefly self-supervised slice encoder's features differ little between slices
+    (per-dimension spread ~1/30 of their mean) and predicting the dataset mean nearly
+    solved the task; standardised, the mean scores an L1 of ~0.8 and only context helps.
     """
     device = module_device(model)
-    mean, std = feature_statistics(features)
+    model.zformer.set_input_statistics(*feature_statistics(features))
     generator = torch.Generator(device=device).manual_seed(seed + 1)
     head = nn.Linear(model.config.zformer.hidden_size, model.config.vision.hidden_size).to(device)
     params = [*_only_train(model, model.zformer), *head.parameters()]
@@ -285,7 +284,7 @@ def stage1_mem(
         out = model.zformer(
             packed.features, packed.view_ids, packed.positions, packed.mask, replace_mask=replace
         )
-        target = (packed.features[replace] - mean) / std
+        target = model.zformer.standardise(packed.features[replace])
         return F.l1_loss(head(out.last_hidden_state)[replace], target)
 
     log = run_stage("stage1 mem", params, settings, len(studies), step, seed=seed)

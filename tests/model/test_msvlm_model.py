@@ -216,6 +216,8 @@ def test_save_load_round_trip_is_identical(
     tmp_path: Path,
 ) -> None:
     batch = processor(short_studies, reports=["no effusion .", "a 6 mm nodule ."])
+    width = tiny_model.config.vision.hidden_size
+    tiny_model.zformer.set_input_statistics(torch.linspace(-1, 1, width), torch.linspace(0.5, 2, width))
     tiny_model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     loaded = AutoModel.from_pretrained(tmp_path).eval()
@@ -230,6 +232,30 @@ def test_save_load_round_trip_is_identical(
     assert torch.equal(first.findings_logits, second.findings_logits)
     generation = processor(short_studies)
     assert torch.equal(_generate(tiny_model, generation), _generate(loaded, generation))
+
+
+def test_zformer_standardises_its_inputs_and_older_weights_load_without_it(
+    tiny_model: MsVlmForReportGeneration, tmp_path: Path
+) -> None:
+    """The Z-former reads (x - mean) / std; weights saved before the statistics existed
+    load with mean 0 and std 1, so they compute what they always did."""
+    from safetensors.torch import load_file, save_file
+
+    zformer = tiny_model.zformer
+    width = tiny_model.config.vision.hidden_size
+    mean, std = torch.full((width,), 3.0), torch.full((width,), 0.5)
+    zformer.set_input_statistics(mean, std)
+    features = 3.0 + 0.5 * torch.randn(2, 5, width)
+    assert torch.allclose(zformer.standardise(features), (features - 3.0) / 0.5, atol=1e-6)
+
+    tiny_model.save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    state = {k: v for k, v in load_file(path).items() if "input_mean" not in k and "input_scale" not in k}
+    save_file(state, path, metadata={"format": "pt"})
+    older = AutoModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(older.zformer.input_mean, torch.zeros(width))
+    assert torch.equal(older.zformer.input_scale, torch.ones(width))
+    assert torch.equal(older.zformer.standardise(features), features)
 
 
 def test_generation_is_deterministic(
