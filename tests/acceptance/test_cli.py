@@ -16,14 +16,33 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        timeout=300,
+    )
 
 
 def test_phantom_command_writes_a_study_with_its_answer_key(tmp_path: Path) -> None:
     assert "usage" in _run("phantom", "--help", cwd=tmp_path).stdout.lower()
-    result = _run("phantom", str(tmp_path / "ct"), "--modality", "CT", "--findings", "lung_nodule",
-                  "--seed", "4", "--matrix", "32", "--slices", "10", cwd=tmp_path)
+    result = _run(
+        "phantom",
+        str(tmp_path / "ct"),
+        "--modality",
+        "CT",
+        "--findings",
+        "lung_nodule",
+        "--seed",
+        "4",
+        "--matrix",
+        "32",
+        "--slices",
+        "10",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     truth = json.loads((tmp_path / "ct" / "truth.json").read_text())
     assert truth["labels"]["lung_nodule"] == 1
