@@ -293,9 +293,9 @@ def stage1_mem(
 
 
 def feature_statistics(features: Sequence[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and standard deviation (floored at 1e-6) of all cached slice features."""
+    """Per-dimension mean and standard deviation of all cached slice features."""
     flat = torch.cat([view for study in features for view in study]).float()
-    return flat.mean(dim=0), flat.std(dim=0).clamp_min(1e-6)
+    return flat.mean(dim=0), flat.std(dim=0)
 
 
 def lm_warmup(
