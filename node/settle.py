@@ -71,8 +71,13 @@ def recent_window(settings: Settings) -> timedelta:
     instance, so older studies were already decided; twice that plus ten
     minutes leaves room for a slow tick or a briefly unreachable database.
     """
-    quiet = max([settings.settle.quiet_seconds, settings.settle.after_release_seconds,
-                 *(p.quiet_seconds for p in settings.security.peers if p.quiet_seconds is not None)])
+    quiet = max(
+        [
+            settings.settle.quiet_seconds,
+            settings.settle.after_release_seconds,
+            *(p.quiet_seconds for p in settings.security.peers if p.quiet_seconds is not None),
+        ]
+    )
     return timedelta(seconds=2 * quiet + 600)
 
 

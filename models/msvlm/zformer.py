@@ -85,6 +85,9 @@ class ZFormer(nn.Module):
     slice of every study. The defaults (0 and 1) leave the features as they are.
     """
 
+    input_mean: torch.Tensor
+    input_scale: torch.Tensor
+
     def __init__(self, *, config: BigBirdConfig, input_size: int, num_view_ids: int) -> None:
         super().__init__()
         self.register_buffer("input_mean", torch.zeros(input_size))
