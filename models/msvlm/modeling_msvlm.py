@@ -28,6 +28,9 @@ class MsVlmForReportGeneration(ReportModelBase):
 
     config: MsVlmConfig
     config_class = MsVlmConfig
+    # Weights saved before the Z-former standardised its inputs lack these buffers; they load
+    # as the identity (see `_init_weights`), which is what those weights were trained with.
+    _keys_to_ignore_on_load_missing = [r"zformer\.input_(mean|scale)"]
 
     def __init__(self, config: MsVlmConfig) -> None:
         super().__init__(config)
