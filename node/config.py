@@ -41,7 +41,7 @@ class NodeSection(_Section):
     port: int = Field(default=11112, ge=0, le=65535)
     #: what `serve` runs: the DICOM receiver, the timers (settle, reap, deliver), a worker
     roles: tuple[Literal["receiver", "scheduler", "worker"], ...] = ("receiver", "scheduler", "worker")
-    #: receiver processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
+    #: receiver processes sharing one listening socket (node.balance); 0 = one per CPU core
     receivers: int = Field(default=1, ge=0, le=64)
     max_associations: int = Field(default=16, ge=1)
     #: largest PDU we accept (bytes); 0 means no limit

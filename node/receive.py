@@ -15,6 +15,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, cast
@@ -27,6 +28,7 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.balance import AcceptBalance
 from node.config import Settings
 from node.errors import ConfigError, DatabaseError, DiskFullError, StorageError
 from node.filemeta import file_meta
@@ -235,25 +237,93 @@ def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tupl
     return Status.SUCCESS, ""
 
 
-class ReusePortServer(ThreadedAssociationServer):
-    """An association server whose port several receiver processes can share.
+class ReceiverServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server, optionally on a listening socket it shares.
 
-    With SO_REUSEPORT the kernel spreads incoming connections over every
-    process listening on the port, which is how one node uses every core
-    despite the GIL.
+    With one receiver process it binds its own socket, as pynetdicom's does. With
+    several (``node.receivers``), ``serve`` binds one socket (:func:`listen_socket`) and
+    every process serves it: the listener is then non-blocking, because a sibling may
+    take a connection between this process's ``select`` and its ``accept``, and an
+    :class:`~node.balance.AcceptBalance` leaves each connection to the least loaded process.
     """
 
+    def __init__(
+        self,
+        *args: Any,
+        listener: socket.socket | None = None,
+        balance: AcceptBalance | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._listener = listener
+        self._balance = balance
+        super().__init__(*args, **kwargs)
+
     def server_bind(self) -> None:
+        if self._listener is None:
+            super().server_bind()
+            return
         assert self.socket is not None
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        self.socket.close()  # the unbound socket socketserver made before calling us
+        self.socket = self._listener
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._listener is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        """Close our descriptor; a shared listener is not shut down under the siblings."""
+        if self._listener is None:
+            super().server_close()
+        elif self.socket is not None:
+            self.socket.close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept with Nagle off: each C-STORE response is a small write the sender waits for."""
+        """Accept with Nagle off: each C-STORE response is a small write the sender waits for.
+
+        A shared listener's connection is left to a less loaded sibling: the OSError
+        makes socketserver skip this turn (and so does a sibling having taken it first).
+        """
+        if self._balance is not None:
+            self._balance.publish(len(self.active_associations))
+            if self._balance.should_yield():
+                time.sleep(0.001)  # the connection stays readable until a sibling takes it
+                raise BlockingIOError("left to a less loaded receiver process")
         client, address = super().get_request()
+        if self._listener is not None:
+            client.setblocking(True)  # as accept() on pynetdicom's own (timed) listener gives
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._balance is not None:
+            self._balance.accepted(len(self.active_associations) + 1)  # its thread starts later
         return client, address
+
+    def process_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int] | str
+    ) -> None:
+        """Start the association's thread from the accept loop itself.
+
+        pynetdicom's request handler only creates and starts the association's thread, so
+        the extra thread per connection that ThreadingMixIn makes buys nothing; here the
+        association is alive before the next accept, and the published count is exact.
+        """
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Each turn of the accept loop: also publish how many associations are still live."""
+        super().service_actions()
+        if self._balance is not None:
+            self._balance.publish(len(self.active_associations))
+
+
+def listen_socket(host: str, port: int, *, backlog: int = 128) -> socket.socket:
+    """The listening socket ``serve`` binds once and hands to every receiver process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -278,9 +348,14 @@ def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def build_server(
-    settings: Settings, ctx: ReceiveContext, ssl_context: ssl.SSLContext | None
-) -> ThreadedAssociationServer:
-    """Bind the SCP (not yet serving); call ``serve_forever`` on the result."""
+    settings: Settings,
+    ctx: ReceiveContext,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    listener: socket.socket | None = None,
+    balance: AcceptBalance | None = None,
+) -> ReceiverServer:
+    """Bind the SCP, or take ``listener`` (not yet serving); call ``serve_forever`` on the result."""
     node = settings.node
     ae = AE(ae_title=node.ae_title)
     ae.maximum_associations = node.max_associations + 1  # our own check records the refusal
@@ -300,14 +375,17 @@ def build_server(
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ctx]),
     ]
-    return ae.make_server(
+    server = ae.make_server(
         (node.host, node.port),
         ae_title=node.ae_title,
         ssl_context=ssl_context,
         evt_handlers=handlers,
-        server_class=ReusePortServer,
+        server_class=ReceiverServer,
         request_handler=EventDrivenRequestHandler,
+        listener=listener,
+        balance=balance,
     )
+    return cast(ReceiverServer, server)
 
 
 def drain(server: ThreadedAssociationServer, *, timeout: float) -> int:

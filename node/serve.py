@@ -4,7 +4,8 @@
 (``msvlm-node serve``); in production receivers, timers and GPU workers can be
 separate processes on separate machines sharing PostgreSQL and the storage
 path, because stages only hand over through the database. ``node.receivers > 1``
-starts that many receiver processes sharing the port (SO_REUSEPORT).
+starts that many receiver processes serving one listening socket, each taking a
+connection only while no other serves fewer associations (``node.balance``).
 SIGTERM or SIGINT stops accepting, lets in-flight associations and the current
 job finish (up to ``node.drain_seconds``) and exits cleanly.
 """
@@ -15,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,13 +26,14 @@ from pathlib import Path
 import pydicom.config
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from node.balance import AcceptBalance, Counts, shared_counts
 from node.config import Settings
 from node.db import create_db_engine, ensure_schema, session_factory
 from node.deliver import DeliveryContext
 from node.index import Indexer, receiver_identity
 from node.logs import configure_logging
 from node.modelinfo import model_identity, model_path
-from node.receive import ReceiveContext, build_server, build_ssl_context, drain
+from node.receive import ReceiveContext, build_server, build_ssl_context, drain, listen_socket
 from node.retention import RetentionContext
 from node.scheduler import build_scheduler
 from node.settle import SettleContext
@@ -46,8 +49,18 @@ def open_store(settings: Settings) -> InstanceStore:
     )
 
 
-def run_receiver(settings: Settings, stop: threading.Event) -> None:
-    """Serve C-ECHO/C-STORE until ``stop`` is set, then drain."""
+def run_receiver(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    listener: socket.socket | None = None,
+    balance: AcceptBalance | None = None,
+) -> None:
+    """Serve C-ECHO/C-STORE until ``stop`` is set, then drain.
+
+    ``listener`` and ``balance`` are given to each of several receiver processes: the
+    socket ``serve`` bound for all of them and their shared association counts.
+    """
     # we validate what we index ourselves (UIDs, pixel data); pydicom's own read
     # validation would only add a log line per odd value from a peer
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
@@ -56,7 +69,7 @@ def run_receiver(settings: Settings, stop: threading.Event) -> None:
     ssl_context = build_ssl_context(settings)
     indexer = Indexer(engine, session_factory(engine))
     ctx = ReceiveContext(settings=settings, store=store, indexer=indexer, tls=ssl_context is not None)
-    server = build_server(settings, ctx, ssl_context)
+    server = build_server(settings, ctx, ssl_context, listener=listener, balance=balance)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-acceptor", daemon=True
     )
@@ -81,12 +94,12 @@ def run_receiver(settings: Settings, stop: threading.Event) -> None:
     log.info("receive.stopped", extra={"aborted": aborted})
 
 
-def _receiver_process(settings: Settings) -> None:
+def _receiver_process(settings: Settings, listener: socket.socket, counts: Counts, slot: int) -> None:
     configure_logging(settings.logging.level, settings.logging.format)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run_receiver(settings, stop)
+    run_receiver(settings, stop, listener=listener, balance=AcceptBalance(counts, slot))
 
 
 def _poke(scheduler: BackgroundScheduler, job_id: str) -> Callable[[], None]:
@@ -182,13 +195,20 @@ def serve(settings: Settings) -> int:
             receiver_thread = threading.Thread(target=run_receiver, args=(settings, stop), name="receiver")
             receiver_thread.start()
         else:
+            # One socket for all: each process takes a connection only while no other
+            # serves fewer associations (node.balance); the kernel alone does not spread them.
             context = multiprocessing.get_context("spawn")
+            listener = listen_socket(settings.node.host, settings.node.port)
+            counts = shared_counts(context, count)
             children = [
-                context.Process(target=_receiver_process, args=(settings,), name=f"receiver-{i}")
+                context.Process(
+                    target=_receiver_process, args=(settings, listener, counts, i), name=f"receiver-{i}"
+                )
                 for i in range(count)
             ]
             for child in children:
                 child.start()
+            listener.close()  # the children hold their own descriptors
     log.info("serve.started", extra={"roles": ",".join(sorted(roles)), "receivers": len(children) or 1})
 
     while not stop.wait(0.5):

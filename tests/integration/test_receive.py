@@ -261,3 +261,46 @@ def test_sigterm_finishes_in_flight_association_and_exits_cleanly(node: NodeProc
     assert "receive.stopped" in node.log()
     refused = dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port))
     assert refused.returncode != 0
+
+
+def test_two_receiver_processes_take_concurrent_associations_two_each(
+    node_factory: type[NodeProcess], tmp_path: Path
+) -> None:
+    """Four associations held open at once fall 2/2 on two receiver processes.
+
+    Left to the kernel (SO_REUSEPORT hashing) they fell 4/0 or 3/1 in most runs, and
+    one GIL-bound process did all the work.
+    """
+    node = node_factory(extra={"node": {"receivers": 2}}).start()
+    deadline = time.monotonic() + 60
+    while node.log().count("receive.listening") < 2:
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.1)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+    study, series = generate_uid(), generate_uid()
+    held = []
+    try:
+        for _ in range(4):
+            assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+            assert assoc.is_established
+            held.append(assoc)
+        for i, assoc in enumerate(held):
+            status = assoc.send_c_store(ct_slice(study=study, series=series, index=i))
+            assert int(status.Status) == 0
+    finally:
+        for assoc in held:
+            assoc.release()
+    deadline = time.monotonic() + 30
+    while True:
+        per_receiver = _rows(
+            node.database_url,
+            select(Association.receiver, func.count())
+            .where(Association.outcome == "released")
+            .group_by(Association.receiver),
+        )
+        if sum(n for _, n in per_receiver) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(n for _, n in per_receiver) == [2, 2], node.problems()
+    assert _rows(node.database_url, select(func.count()).select_from(Instance))[0][0] == 4
