@@ -4,9 +4,9 @@ With ``node.receivers > 1`` several receiver processes serve one listening socke
 which ``serve`` binds and hands to each. One Python process is bound by its GIL, so
 how the associations fall on the processes decides the throughput. The kernel does not
 balance them: with SO_REUSEPORT (what the node used before) it hashes each connection
-to a process, and 4 associations from a PACS landed 4/0 or 3/1 on two processes in 4
-of 6 benchmark runs; one process did all the work while the other idled (188-282
-images/s, against 255-345 when they fell 2/2).
+to a process, and 4 associations from a PACS landed 4/0 or 3/1 on two processes in 10
+of 16 benchmark runs, one process doing most of the work while the other idled (median
+217 images/s before, 255 with this module, every run 2/2; README, "Benchmarks").
 
 So each process publishes how many associations it is serving in a small shared array,
 and a process that serves more than the least loaded one leaves a waiting connection to
