@@ -290,9 +290,7 @@ class ReceiverServer(ThreadedAssociationServer):
             if self._balance.should_yield():
                 time.sleep(0.001)  # the connection stays readable until a sibling takes it
                 raise BlockingIOError("left to a less loaded receiver process")
-        client, address = super().get_request()
-        if self._listener is not None:
-            client.setblocking(True)  # as accept() on pynetdicom's own (timed) listener gives
+        client, address = super().get_request()  # blocking, even from a non-blocking listener
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._balance is not None:
             self._balance.accepted(len(self.active_associations) + 1)  # its thread starts later

@@ -16,16 +16,20 @@ from tests.support.tls import make_pki
 pytestmark = pytest.mark.integration
 
 
-def test_tls_association_needs_a_client_certificate(node_factory: type[NodeProcess], tmp_path: Path) -> None:
+@pytest.mark.parametrize("receivers", [1, 2], ids=["one-receiver", "two-receivers-one-socket"])
+def test_tls_association_needs_a_client_certificate(
+    node_factory: type[NodeProcess], tmp_path: Path, receivers: int
+) -> None:
     pki = make_pki(tmp_path)
     node = node_factory(
         extra={
+            "node": {"receivers": receivers},
             "security": {
                 "tls_enabled": True,
                 "tls_certificate": str(pki.server_cert),
                 "tls_private_key": str(pki.server_key),
                 "tls_ca_certificates": str(pki.ca),
-            }
+            },
         }
     ).start()
     files = write_ct_series(tmp_path / "s", 3)
