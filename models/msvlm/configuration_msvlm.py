@@ -217,6 +217,10 @@ class MsVlmConfig(ReportModelConfig):
     vision_config: dict | PreTrainedConfig | None = None
     zformer_config: dict | PreTrainedConfig | None = None
     slice_chunk_size: int = 64
+    #: "patch": the ViT's linear patch embedding (loads published ViT weights); "conv": a small
+    #: strided-convolution stem in its place (`conv_stem.ConvStem`), which sees findings of a few
+    #: pixels that a linear embedding trained on little data misses
+    vision_stem: Literal["patch", "conv"] = "patch"
 
     @property
     def vision(self) -> ViTConfig:
@@ -257,6 +261,12 @@ class MsVlmConfig(ReportModelConfig):
             f"image_size ({self.image_size}) must be a multiple of vision_config.patch_size",
         )
         _require(vision.num_channels == 3, "vision_config.num_channels must be 3 (three CT windows)")
+        patch = vision.patch_size
+        _require(
+            self.vision_stem != "conv"
+            or (isinstance(patch, int) and patch >= 2 and patch & (patch - 1) == 0),
+            f"vision_stem 'conv' needs a power-of-two vision_config.patch_size, got {patch}",
+        )
         _check_transformer(
             "zformer_config", zformer.hidden_size, zformer.num_attention_heads, zformer.num_hidden_layers
         )

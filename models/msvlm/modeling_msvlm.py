@@ -19,6 +19,7 @@ from transformers import ViTModel
 from transformers import initialization as init
 
 from .configuration_msvlm import MsVlmConfig
+from .conv_stem import ConvStem
 from .report_model import MsVlmOutput, ReportModelBase, VisualEncoding
 from .zformer import ZFormer, pack_views
 
@@ -36,6 +37,12 @@ class MsVlmForReportGeneration(ReportModelBase):
         super().__init__(config)
         assert config.view_vocabulary is not None
         self.vision_model = ViTModel(config.vision, add_pooling_layer=False)
+        if config.vision_stem == "conv":
+            vision = config.vision
+            # ViT types the projection as Conv2d; the stem maps the same shapes (see ConvStem)
+            self.vision_model.embeddings.patch_embeddings.projection = ConvStem(  # type: ignore[assignment]
+                vision.num_channels, vision.hidden_size, config.patch_size
+            )
         self.zformer = ZFormer(
             config=config.zformer,
             input_size=config.vision.hidden_size,

@@ -205,6 +205,10 @@ def train_dino(
         with torch.no_grad():
             for p_t, p_s in zip(teacher.parameters(), student.parameters(), strict=True):
                 p_t.mul_(momentum).add_(p_s.detach(), alpha=1 - momentum)
+            # Buffers (batch-norm statistics of a convolutional stem) follow the student: the
+            # teacher runs in eval mode and would otherwise keep its initial statistics.
+            for b_t, b_s in zip(teacher.buffers(), student.buffers(), strict=True):
+                b_t.copy_(b_s)
         losses.append(loss.item())
         if settings.log_every and ((step + 1) % settings.log_every == 0 or step == 0):
             print(
