@@ -34,8 +34,8 @@ def test_demo_folder_is_complete() -> None:
     reason=(
         "the bundled demo weights do not yet see findings reliably (held-out CE F1 0.37, findings-head "
         "AUC 0.56 on 100 phantoms, seed 1): their Z-former's output is constant (std 0.0003 across "
-        "studies; stage 3's tuning of the slice encoder causes it), and at 64x64 a slice encoder of "
-        "this size does not learn nodules or liver lesions at all; see README, 'Demo weights'"
+        "studies; stage 3's tuning of the slice encoder causes it), and its ViT's linear patch "
+        "embedding does not learn findings of a few pixels from this little data; see README, 'Demo weights'"
     ),
     strict=False,
 )
