@@ -19,6 +19,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, BigBirdConfig, PreTrainedConfig, ViTConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .conv_stem import supports_patch_size
+
 #: Lung, mediastinum and bone windows as (width, level) in HU, one per input channel.
 DEFAULT_CT_WINDOWS: tuple[tuple[float, float], ...] = ((1500.0, -600.0), (400.0, 40.0), (2000.0, 500.0))
 
@@ -263,8 +265,7 @@ class MsVlmConfig(ReportModelConfig):
         _require(vision.num_channels == 3, "vision_config.num_channels must be 3 (three CT windows)")
         patch = vision.patch_size
         _require(
-            self.vision_stem != "conv"
-            or (isinstance(patch, int) and patch >= 2 and patch & (patch - 1) == 0),
+            self.vision_stem != "conv" or supports_patch_size(patch),
             f"vision_stem 'conv' needs a power-of-two vision_config.patch_size, got {patch}",
         )
         _check_transformer(

@@ -26,9 +26,14 @@ from torch import nn
 STEM_BASE_CHANNELS = 32
 
 
+def supports_patch_size(patch_size: object) -> bool:
+    """Whether stride-2 steps can make this patch size: an int power of two, at least 2."""
+    return isinstance(patch_size, int) and patch_size >= 2 and patch_size & (patch_size - 1) == 0
+
+
 def conv_stem_channels(patch_size: int, hidden_size: int) -> list[int]:
     """Output channels of each 3x3 block: one at full resolution, then one per stride 2 but the last."""
-    if patch_size < 2 or patch_size & (patch_size - 1):
+    if not supports_patch_size(patch_size):
         raise ValueError(f"a convolutional stem needs a power-of-two patch size, got {patch_size}")
     halvings = patch_size.bit_length() - 1  # log2(patch_size); the last one is the projection
     return [min(STEM_BASE_CHANNELS * 2**i, hidden_size) for i in range(halvings)]
