@@ -6,10 +6,16 @@ The C-STORE handler is thin and total, in the style of pynetdicom's own
 Success only once the file is durable and its index row committed. The handler's
 dependencies travel in its argument tuple (:class:`ReceiveContext`), never in
 globals, so several receivers can live in one test process.
+
+C-STOREs reach that handler (:func:`answer_store`) by two paths: normally the
+fast path of :mod:`node.pdata`, in the thread that reads the association's
+socket, and for what it hands on (a command split across PDUs, say) pynetdicom's
+own ``EVT_C_STORE`` handler. Both give the same statuses, rows and logs.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import socketserver
@@ -33,10 +39,11 @@ from node.config import Settings
 from node.errors import ConfigError, DatabaseError, DiskFullError, StorageError
 from node.filemeta import file_meta
 from node.index import Indexer, RejectedInstance, inspect_encoded
+from node.pdata import StoreRequest, StoreStream
 from node.sop_classes import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
 from node.statuses import Status
 from node.store import InstanceStore
-from node.transport import EventDrivenRequestHandler
+from node.transport import EventDrivenRequestHandler, StoreStreamFactory
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,10 @@ log = logging.getLogger(__name__)
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 _REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 _REJECT_BUSY = (0x02, 0x03, 0x02)
+#: storage SOP classes whose C-STOREs take the fast path
+_STORED_SOP_CLASSES = frozenset(str(uid) for uid in ACCEPTED_SOP_CLASSES)
+#: below this maximum PDU length of the requestor, responses are left to pynetdicom
+_SMALLEST_PEER_PDU = 1024
 
 
 @dataclass
@@ -64,10 +75,22 @@ class ReceiveContext:
     tls: bool
     associations: dict[PynAssociation, _AssocState] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: notified when an association's state is registered (:func:`handle_accepted`)
+    registered: threading.Condition = field(default_factory=threading.Condition)
 
     def state(self, assoc: PynAssociation) -> _AssocState | None:
         with self.lock:
             return self.associations.get(assoc)
+
+    def wait_for_state(self, assoc: PynAssociation, timeout: float) -> _AssocState | None:
+        """The association's state, once :func:`handle_accepted` has recorded it.
+
+        The fast path reads the first P-DATA in the DUL thread, possibly before the
+        association thread has run the accept handler (which inserts the row).
+        """
+        with self.registered:
+            self.registered.wait_for(lambda: self.state(assoc) is not None, timeout)
+        return self.state(assoc)
 
 
 def check_caller(
@@ -134,6 +157,8 @@ def handle_accepted(event: Event, ctx: ReceiveContext) -> None:
     )
     with ctx.lock:
         ctx.associations[assoc] = _AssocState(row_id=row_id)
+    with ctx.registered:
+        ctx.registered.notify_all()
     log.info(
         "receive.association_accepted",
         extra={
@@ -170,10 +195,40 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_store(event: Event, ctx: ReceiveContext) -> Dataset:
-    """Store one instance durably and index it; always answer with a named status."""
-    state = ctx.state(event.assoc)
+    """pynetdicom's C-STORE handler, for the requests the fast path hands on (:mod:`node.pdata`)."""
     request = cast(C_STORE, event.request)
-    status, comment = _store(event, ctx, state)
+    response = Dataset()
+    if not isinstance(request.DataSet, BytesIO):
+        status, comment = Status.CANNOT_UNDERSTAND, "C-STORE request without a data set"
+    else:
+        store_request = StoreRequest(
+            context_id=event.context.context_id,
+            message_id=int(request.MessageID or 0),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+        )
+        status, comment = answer_store(ctx, event.assoc, store_request, request.DataSet.getvalue())
+    response.Status = int(status)
+    if comment:
+        response.ErrorComment = comment[:64]
+    return response
+
+
+def answer_store(
+    ctx: ReceiveContext, assoc: PynAssociation, request: StoreRequest, data_set: bytes | bytearray
+) -> tuple[Status, str]:
+    """Store one instance durably and index it; always answer with a named status.
+
+    Both C-STORE paths end here: the fast path in the reading thread and pynetdicom's
+    handler. Counts the outcome on the association and logs a failure.
+    """
+    state = ctx.state(assoc)
+    try:
+        status, comment = _store(ctx, state, request, data_set)
+    except Exception:  # a bug must cost a retry from the sender, not the association
+        log.exception("receive.store_crashed", extra={"sop_instance_uid": request.sop_instance_uid[:64]})
+        status, comment = Status.PROCESSING_FAILURE, "internal error while storing; retry later"
     if state is not None:
         with ctx.lock:
             if status == Status.SUCCESS:
@@ -184,34 +239,26 @@ def handle_store(event: Event, ctx: ReceiveContext) -> Dataset:
         log.warning(
             "receive.store_failed",
             extra={
-                "sop_instance_uid": str(request.AffectedSOPInstanceUID)[:64],
+                "sop_instance_uid": request.sop_instance_uid[:64],
                 "status": f"0x{status:04X}",
                 "status_name": status.name,
                 "reason": comment,
             },
         )
-    response = Dataset()
-    response.Status = int(status)
-    if comment:
-        response.ErrorComment = comment[:64]
-    return response
+    return status, comment
 
 
-def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tuple[Status, str]:
-    request = cast(C_STORE, event.request)
-    transfer_syntax = str(event.context.transfer_syntax)
+def _store(
+    ctx: ReceiveContext, state: _AssocState | None, request: StoreRequest, data_set: bytes | bytearray
+) -> tuple[Status, str]:
     try:
-        if not isinstance(request.DataSet, BytesIO):
-            raise RejectedInstance(Status.CANNOT_UNDERSTAND, "C-STORE request without a data set")
-        data = (
-            file_meta(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), transfer_syntax)
-            + request.DataSet.getvalue()
-        )
+        meta = file_meta(request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax_uid)
+        data = meta + data_set
         info = inspect_encoded(
             data,
-            requested_sop_class=str(request.AffectedSOPClassUID),
-            requested_sop_instance=str(request.AffectedSOPInstanceUID),
-            transfer_syntax=transfer_syntax,
+            requested_sop_class=request.sop_class_uid,
+            requested_sop_instance=request.sop_instance_uid,
+            transfer_syntax=request.transfer_syntax_uid,
         )
         ctx.store.check_space(len(data))
         relative = ctx.store.relative_path(
@@ -237,6 +284,30 @@ def _store(event: Event, ctx: ReceiveContext, state: _AssocState | None) -> tupl
     return Status.SUCCESS, ""
 
 
+def store_stream(ctx: ReceiveContext, assoc: PynAssociation) -> StoreStream:
+    """The association's C-STORE fast path (:mod:`node.pdata`), storing through :func:`answer_store`."""
+
+    def contexts() -> dict[int, str]:
+        if ctx.wait_for_state(assoc, ctx.settings.node.acse_timeout_seconds) is None:
+            log.error("receive.association_not_recorded", extra={"peer": assoc.requestor.address})
+        peer_limit = assoc.requestor.maximum_length or 0
+        if 0 < peer_limit < _SMALLEST_PEER_PDU:
+            return {}  # a response might need fragmenting: pynetdicom does that
+        return {
+            int(context.context_id): str(context.transfer_syntax[0])
+            for context in assoc.accepted_contexts
+            if context.abstract_syntax in _STORED_SOP_CLASSES and context.context_id is not None
+        }
+
+    def store(request: StoreRequest, data_set: bytearray) -> tuple[int, str]:
+        return answer_store(ctx, assoc, request, data_set)
+
+    def send(data: bytes) -> None:
+        assoc.dul.socket.send(data)  # type: ignore[union-attr]
+
+    return StoreStream(contexts, store, send)
+
+
 class ReceiverServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server, optionally on a listening socket it shares.
 
@@ -245,7 +316,11 @@ class ReceiverServer(ThreadedAssociationServer):
     every process serves it: the listener is then non-blocking, because a sibling may
     take a connection between this process's ``select`` and its ``accept``, and an
     :class:`~node.balance.AcceptBalance` leaves each connection to the least loaded process.
+    Each association gets a C-STORE fast path from ``store_stream_factory``
+    (:class:`~node.transport.EventDrivenRequestHandler` asks for it).
     """
+
+    store_stream_factory: StoreStreamFactory | None = None
 
     def __init__(
         self,
@@ -383,7 +458,9 @@ def build_server(
         listener=listener,
         balance=balance,
     )
-    return cast(ReceiverServer, server)
+    receiver = cast(ReceiverServer, server)
+    receiver.store_stream_factory = functools.partial(store_stream, ctx)
+    return receiver
 
 
 def drain(server: ThreadedAssociationServer, *, timeout: float) -> int:

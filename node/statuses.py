@@ -12,6 +12,8 @@ from enum import IntEnum
 
 class Status(IntEnum):
     SUCCESS = 0x0000
+    #: an unexpected error in the node while storing; the sender should retry
+    PROCESSING_FAILURE = 0x0110
     #: C-STORE refused: the SOP class is not one we process (e.g. a foreign SR)
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     #: the storage volume is past its watermark or full; the sender should retry later

@@ -25,6 +25,11 @@ release or an abort within milliseconds. The whole-PDU read
 (:meth:`EventSocket.recv`) is the other change: one ``recv_into`` per PDU
 instead of pynetdicom's 4 KiB pieces.
 
+With a :class:`~node.pdata.StoreStream` (the receiver gives one to each association),
+the DUL reactor also hands every P-DATA-TF PDU of the established association to it:
+C-STORE is answered there, in the reading thread (see :mod:`node.pdata`), and only
+what it hands back reaches pynetdicom's state machine.
+
 Written against pynetdicom 3.0 (``pyproject.toml`` bounds the version): it uses
 the DUL's ``to_provider_queue``, ``event_queue`` and ``_run_loop_delay`` and the
 DIMSE provider's ``msg_queue``, which :func:`make_event_driven` checks exist.
@@ -33,10 +38,12 @@ DIMSE provider's ``msg_queue``, which :func:`make_event_driven` checks exist.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +53,10 @@ import pynetdicom.association as pynetdicom_association
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from node.pdata import ProtocolError, StoreStream
+
+log = logging.getLogger(__name__)
 
 #: longest the DUL reactor blocks in ``select`` with nothing to do (timers, kill flag)
 SOCKET_WAIT_SECONDS = 0.02
@@ -110,6 +121,12 @@ class EventSocket(AssociationSocket):
     #: fails on the closed object instead of writing to a descriptor number reused by a file
     _wake_read: socket.socket | None = None
     _wake_write: socket.socket | None = None
+    #: bytes read ahead and given back (:meth:`unread`); ``recv`` returns them first
+    _unread: bytes = b""
+
+    def unread(self, data: bytes | bytearray) -> None:
+        """Give back bytes just read, for pynetdicom's own PDU reader to read again."""
+        self._unread = bytes(data) + self._unread
 
     def enable_wakeup(self) -> None:
         self._wake_read, self._wake_write = socket.socketpair()
@@ -160,6 +177,9 @@ class EventSocket(AssociationSocket):
         declared length (a peer breaking the limit, or lying to make us allocate)
         goes through pynetdicom's incremental read.
         """
+        if self._unread:
+            head, self._unread = self._unread[:nr_bytes], self._unread[nr_bytes:]
+            return bytearray(head) + (self.recv(nr_bytes - len(head)) if nr_bytes > len(head) else b"")
         limit = max(self.SMALL_PDU, self.assoc.acceptor.maximum_length or 0)
         if nr_bytes > limit:
             return super().recv(nr_bytes)
@@ -198,6 +218,53 @@ class _EventDUL(DULServiceProvider):
             if isinstance(self.socket, EventSocket):
                 self.socket.close_wakeup()
 
+    #: the association's C-STORE fast path; None hands every PDU to pynetdicom
+    store_stream: StoreStream | None = None
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU: P-DATA-TF of an established association goes to the store stream first."""
+        sock = self.socket
+        stream = self.store_stream
+        if stream is None or not isinstance(sock, EventSocket) or self.state_machine.current_state != "Sta6":
+            super()._read_pdu_data()
+            return
+        try:
+            header = sock.recv(6)
+        except (OSError, TimeoutError):
+            header = bytearray()
+        if len(header) != 6 or header[0] != 0x04:
+            sock.unread(header)  # not P-DATA (or a broken read): pynetdicom reads and judges it
+            super()._read_pdu_data()
+            return
+        (length,) = struct.unpack_from(">I", header, 2)
+        try:
+            body = sock.recv(length)
+        except (OSError, TimeoutError):
+            body = bytearray()
+        if len(body) != length:
+            log.error("receive.connection_lost", extra={"received": len(body), "expected": length})
+            self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom signals it
+            return
+        try:
+            handed_on = stream.feed(memoryview(body))
+        except ProtocolError as exc:
+            log.error("receive.protocol_error", extra={"reason": str(exc)})
+            self.event_queue.put("Evt19")  # invalid PDU: pynetdicom's state machine aborts
+            return
+        if handed_on:
+            self._hand_on(handed_on)
+
+    def _hand_on(self, data: bytes) -> None:
+        """Give a PDU to pynetdicom's state machine, as its own reader does after a read."""
+        try:
+            pdu, event = self._decode_pdu(bytearray(data))
+        except Exception:
+            log.exception("receive.undecodable_pdu")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
     def kill_dul(self) -> None:
         super().kill_dul()
         self._wake()
@@ -213,15 +280,15 @@ class _EventDUL(DULServiceProvider):
             self.socket.wake()
 
 
-def make_event_driven(assoc: Association) -> None:
+def make_event_driven(assoc: Association, store_stream: StoreStream | None = None) -> None:
     """Switch a freshly created acceptor association to :class:`EventSocket` and waiting queues.
 
     Call before the association starts (its reactors are not running yet); anything
-    already queued is carried over.
+    already queued is carried over. ``store_stream`` takes the association's P-DATA.
     """
     dul: Any = assoc.dul
     dimse: Any = assoc.dimse
-    for name in ("to_provider_queue", "event_queue", "_run_loop_delay"):
+    for name in ("to_provider_queue", "event_queue", "_run_loop_delay", "_recv_pdu", "_decode_pdu"):
         if not hasattr(dul, name):
             raise RuntimeError(f"pynetdicom changed: DULServiceProvider.{name} is gone")
     if not hasattr(dimse, "msg_queue"):
@@ -230,6 +297,7 @@ def make_event_driven(assoc: Association) -> None:
     sock.__class__ = EventSocket
     sock.enable_wakeup()
     dul.__class__ = _EventDUL
+    dul.store_stream = store_stream
     outgoing = _WakingQueue(sock.wake)
     outgoing.queue.extend(dul.to_provider_queue.queue)
     dul.to_provider_queue = outgoing
@@ -241,10 +309,19 @@ def make_event_driven(assoc: Association) -> None:
         pynetdicom_association.time = _ReactorClock()  # type: ignore[assignment]
 
 
+#: makes an association's store stream; a server offers one as ``store_stream_factory``
+StoreStreamFactory = Callable[[Association], StoreStream]
+
+
 class EventDrivenRequestHandler(RequestHandler):
-    """pynetdicom's request handler, with each association made event-driven."""
+    """pynetdicom's request handler, with each association made event-driven.
+
+    When the server has a ``store_stream_factory``, each association also gets a
+    :class:`~node.pdata.StoreStream` from it.
+    """
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        make_event_driven(assoc)
+        factory: StoreStreamFactory | None = getattr(self.server, "store_stream_factory", None)
+        make_event_driven(assoc, factory(assoc) if factory is not None else None)
         return assoc

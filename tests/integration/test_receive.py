@@ -199,6 +199,63 @@ def test_bad_instances_get_their_specific_status_and_the_node_keeps_serving(
     assert "TEST^SYNTHETIC" not in "\n".join(line for line in log.splitlines() if " DEBUG " not in line)
 
 
+def test_echoes_and_stores_share_an_association_on_either_c_store_path(
+    node_factory: type[NodeProcess],
+) -> None:
+    """C-STORE takes the fast path (node.pdata); C-ECHO and commands split over PDUs take pynetdicom's.
+
+    With a 128-byte maximum PDU the command itself is split, so every message of the
+    second node goes through pynetdicom's handler; both nodes must store and count alike.
+    """
+    for max_pdu in (4194304, 128):
+        node = node_factory(extra={"node": {"max_pdu_size": max_pdu}}).start()
+        study, series = generate_uid(), generate_uid()
+        slices = [ct_slice(study=study, series=series, index=i, rows=32) for i in range(3)]
+        ae = AE(ae_title="STORESCU")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.add_requested_context(slices[0].SOPClassUID, slices[0].file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        assert assoc.is_established
+        try:
+            answers = [
+                assoc.send_c_echo().Status,
+                assoc.send_c_store(slices[0]).Status,
+                assoc.send_c_store(slices[1]).Status,
+                assoc.send_c_echo().Status,
+                assoc.send_c_store(slices[2]).Status,
+            ]
+        finally:
+            assoc.release()
+        assert answers == [0, 0, 0, 0, 0], max_pdu
+        stored = _rows(
+            node.database_url,
+            select(Instance.sop_instance_uid, Instance.path).where(Instance.series_instance_uid == series),
+        )
+        assert sorted(r[0] for r in stored) == sorted(str(s.SOPInstanceUID) for s in slices)
+        for row in stored:
+            [source] = [s for s in slices if s.SOPInstanceUID == row[0]]
+            assert dataset_bytes(node.storage / row[1]) == _encoded(source)
+        latest = select(Association.outcome, Association.instances_received).order_by(Association.id.desc())
+        deadline = time.monotonic() + 10
+        while _rows(node.database_url, latest.limit(1))[0][0] != "released":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert _rows(node.database_url, latest.limit(1)) == [("released", 3)]
+
+
+def _encoded(dataset) -> bytes:  # type: ignore[no-untyped-def]
+    """The data set as pynetdicom sends it (its transfer syntax, no file meta)."""
+    from io import BytesIO
+
+    from pydicom import dcmwrite
+
+    buffer = BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    raw = buffer.getvalue()
+    group_length = int.from_bytes(raw[140:144], "little")
+    return raw[144 + group_length :]
+
+
 def test_own_structured_report_is_stored_but_marked_as_our_output(node: NodeProcess) -> None:
     sr = ct_slice(study=generate_uid(), series=generate_uid(), index=0, rows=16)
     sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
