@@ -15,6 +15,16 @@ the source files were read once into the page cache; the median round is
 reported with the spread, and the ratios are of medians. On a shared VM single
 runs of the same receiver vary by a third.
 
+Every round's received files stay on disk until the whole run ends. Removing
+them between rounds made the next receiver slower: on ext4 a file created within
+minutes of many deletions in its block group makes the kernel step over each
+recently deleted inode (``find_inode_bit`` → ``recently_deleted``: 18% of our
+receiver's CPU under ``perf``), a cost of the benchmark's own clean-up that a
+receiver in service does not pay, and one that fell unevenly on receivers
+writing one directory (ours, storescp) and hashed directories (Orthanc). Each run
+ends with ``sync``, so the next does not pay for writing back its predecessor's
+files (storescp does not fsync).
+
 The node runs its receiver role alone by default, like the two references, which
 only store: with every role a worker would be importing torch and loading the
 model in the same process tree while the benchmark counts its CPU.
@@ -304,8 +314,8 @@ def run_one(
     cpu = sampler.cpu_seconds() - cpu_before
     sampler.stop.set()
     stored = receiver.stored()
-    receiver.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    receiver.stop()  # the files stay until the run ends (see the module docstring)
+    os.sync()  # and are on disk before the next run: storescp's unsynced writes must not slow it
     if stored != len(files):
         raise RuntimeError(f"{receiver.name}: {stored} of {len(files)} instances arrived")
     megabytes = sum(f.stat().st_size for f in files) / 1e6
@@ -342,8 +352,21 @@ def main() -> int:
         f" {os.cpu_count()} cores; node receivers={receivers}, roles={','.join(args.roles)};"
         " fsync on for node and Orthanc"
     )
+    runs_total = args.rounds * len(args.targets) * len(args.associations)
+    needed = total_mb * 1e6 * runs_total * 1.1
+    if shutil.disk_usage(args.scratch).free < needed:
+        print(f"needs {needed / 1e9:.1f} GB free under {args.scratch} (every run's files are kept)")
+        return 1
     for path in files:  # into the page cache: the first receiver must not pay for cold reads
         path.read_bytes()
+    try:
+        return _measure(args, files, receivers)
+    finally:
+        for workdir in args.scratch.glob("ingest-*"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, files: list[Path], receivers: int) -> int:
     results: list[Result] = []
     for associations in args.associations:
         runs: dict[str, list[Result]] = {kind: [] for kind in args.targets}
