@@ -59,7 +59,7 @@ _SMALLEST_PEER_PDU = 1024
 
 @dataclass
 class _AssocState:
-    row_id: int
+    row_id: int | None  # None when the association's row could not be written
     received: int = 0
     failed: int = 0
     nbytes: int = 0
@@ -146,15 +146,25 @@ def handle_requested(event: Event, ctx: ReceiveContext) -> None:
 
 
 def handle_accepted(event: Event, ctx: ReceiveContext) -> None:
+    """Record the association; its state is registered even when the row cannot be written.
+
+    The fast path waits for that state before its first store, so it must always come.
+    """
     assoc = event.assoc
     calling = assoc.requestor.ae_title.strip()
-    row_id = ctx.indexer.open_association(
-        calling_ae=calling,
-        called_ae=ctx.settings.node.ae_title,
-        host=assoc.requestor.address,
-        port=assoc.requestor.port,
-        tls=ctx.tls,
-    )
+    row_id: int | None = None
+    try:
+        row_id = ctx.indexer.open_association(
+            calling_ae=calling,
+            called_ae=ctx.settings.node.ae_title,
+            host=assoc.requestor.address,
+            port=assoc.requestor.port,
+            tls=ctx.tls,
+        )
+    except (SQLAlchemyError, DatabaseError) as exc:
+        log.error(
+            "receive.association_not_recorded", extra={"calling_ae": calling, "error": type(exc).__name__}
+        )
     with ctx.lock:
         ctx.associations[assoc] = _AssocState(row_id=row_id)
     with ctx.registered:
@@ -176,9 +186,10 @@ def handle_ended(event: Event, ctx: ReceiveContext) -> None:
         state = ctx.associations.pop(event.assoc, None)
     if state is None:
         return
-    ctx.indexer.close_association(
-        state.row_id, outcome=outcome, received=state.received, failed=state.failed, nbytes=state.nbytes
-    )
+    if state.row_id is not None:
+        ctx.indexer.close_association(
+            state.row_id, outcome=outcome, received=state.received, failed=state.failed, nbytes=state.nbytes
+        )
     log.info(
         "receive.association_" + outcome,
         extra={
@@ -266,7 +277,7 @@ def _store(
         )
         size = ctx.store.write(relative, (data,))
         ctx.indexer.record_instance(
-            info, path=relative, size=size, association_id=state.row_id if state else None
+            info, path=relative, size=size, association_id=state.row_id if state is not None else None
         )
     except RejectedInstance as exc:
         return exc.status, str(exc)
@@ -289,7 +300,7 @@ def store_stream(ctx: ReceiveContext, assoc: PynAssociation) -> StoreStream:
 
     def contexts() -> dict[int, str]:
         if ctx.wait_for_state(assoc, ctx.settings.node.acse_timeout_seconds) is None:
-            log.error("receive.association_not_recorded", extra={"peer": assoc.requestor.address})
+            log.error("receive.association_state_missing", extra={"peer": assoc.requestor.address})
         peer_limit = assoc.requestor.maximum_length or 0
         if 0 < peer_limit < _SMALLEST_PEER_PDU:
             return {}  # a response might need fragmenting: pynetdicom does that
