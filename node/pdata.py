@@ -32,12 +32,9 @@ Not raised on the fast path: pynetdicom's ``EVT_DATA_RECV``, ``EVT_PDU_RECV``,
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 #: PS3.7 9.3.1.1: command field values
 C_STORE_RQ = 0x0001
@@ -163,7 +160,6 @@ class StoreStream:
         self._route: str | None = None  # None between messages, else "fast" or "pass"
         self._command = bytearray()  # command fragments of a message handed on (to find its end)
         self._command_done = False
-        self._has_data_set = False
         self._request: StoreRequest | None = None
         self._data_set = bytearray()
 
@@ -234,9 +230,8 @@ class StoreStream:
         """Follow a handed-on message to its last PDV, so the next one is routed afresh."""
         for _, control, fragment in items:
             if self._route is None:  # a new message starts inside a PDU being handed on
+                self._end_passed()
                 self._route = "pass"
-                self._command.clear()
-                self._command_done = False
             if control & _COMMAND:
                 self._command += fragment
                 if control & _LAST:
@@ -245,8 +240,7 @@ class StoreStream:
                         data_set_type = _us(decode_command(bytes(self._command)), 0x00000800)
                     except ProtocolError:
                         data_set_type = None
-                    self._has_data_set = data_set_type not in (None, NO_DATA_SET)
-                    if not self._has_data_set:
+                    if data_set_type in (None, NO_DATA_SET):
                         self._end_passed()
             elif control & _LAST and self._command_done:
                 self._end_passed()
@@ -255,7 +249,6 @@ class StoreStream:
         self._route = None
         self._command.clear()
         self._command_done = False
-        self._has_data_set = False
 
 
 def _reframe(items: list[tuple[int, int, memoryview]]) -> bytes:
