@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 _REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 _REJECT_BUSY = (0x02, 0x03, 0x02)
-#: storage SOP classes whose C-STOREs take the fast path
-_STORED_SOP_CLASSES = frozenset(str(uid) for uid in ACCEPTED_SOP_CLASSES)
 #: below this maximum PDU length of the requestor, responses are left to pynetdicom
 _SMALLEST_PEER_PDU = 1024
 
@@ -74,9 +72,8 @@ class ReceiveContext:
     indexer: Indexer
     tls: bool
     associations: dict[PynAssociation, _AssocState] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    #: notified when an association's state is registered (:func:`handle_accepted`)
-    registered: threading.Condition = field(default_factory=threading.Condition)
+    #: guards the states; notified when one is registered (:func:`handle_accepted`)
+    lock: threading.Condition = field(default_factory=threading.Condition)
 
     def state(self, assoc: PynAssociation) -> _AssocState | None:
         with self.lock:
@@ -88,9 +85,9 @@ class ReceiveContext:
         The fast path reads the first P-DATA in the DUL thread, possibly before the
         association thread has run the accept handler (which inserts the row).
         """
-        with self.registered:
-            self.registered.wait_for(lambda: self.state(assoc) is not None, timeout)
-        return self.state(assoc)
+        with self.lock:
+            self.lock.wait_for(lambda: assoc in self.associations, timeout)
+            return self.associations.get(assoc)
 
 
 def check_caller(
@@ -167,8 +164,7 @@ def handle_accepted(event: Event, ctx: ReceiveContext) -> None:
         )
     with ctx.lock:
         ctx.associations[assoc] = _AssocState(row_id=row_id)
-    with ctx.registered:
-        ctx.registered.notify_all()
+        ctx.lock.notify_all()
     log.info(
         "receive.association_accepted",
         extra={
@@ -307,7 +303,7 @@ def store_stream(ctx: ReceiveContext, assoc: PynAssociation) -> StoreStream:
         return {
             int(context.context_id): str(context.transfer_syntax[0])
             for context in assoc.accepted_contexts
-            if context.abstract_syntax in _STORED_SOP_CLASSES and context.context_id is not None
+            if context.abstract_syntax in ACCEPTED_SOP_CLASSES and context.context_id is not None
         }
 
     def store(request: StoreRequest, data_set: bytearray) -> tuple[int, str]:
