@@ -46,6 +46,7 @@ def test_tiny_run_of_all_stages_lowers_the_loss_and_saves_a_loadable_model(
     stages = {stage["name"]: stage for stage in record["stages"]}
     assert list(stages) == [
         "stage0 dino",
+        "stage0b slice findings",
         "slice feature cache",
         "stage1 mem",
         "stage2a lm warm-up",
