@@ -66,6 +66,7 @@ from models.training.stages import (
     stage1_mem,
     stage2_align,
     stage3_tune,
+    stage3a_findings,
 )
 
 MODEL_VERSION = "1"
@@ -167,7 +168,8 @@ def train_msvlm(
     logs.append(cache)
     print(f"{cache.name}: {sum(len(f) for f in features)} views in {cache.seconds:.1f} s", flush=True)
 
-    steps = (
+    findings = schedule.findings
+    steps = [
         lambda: stage1_mem(
             model, processor, studies, features, schedule.mem, mask_ratio=schedule.mask_ratio, seed=seed
         ),
@@ -181,9 +183,12 @@ def train_msvlm(
             schedule.tune,
             lora=schedule.lora,
             tune_vision_layers=schedule.tune_vision_layers,
+            findings_learned=findings is not None,
             seed=seed,
         ),
-    )
+    ]
+    if findings is not None:
+        steps.insert(3, lambda: stage3a_findings(model, processor, studies, features, findings, seed=seed))
     for run in steps:
         log = run()
         logs.append(log)
