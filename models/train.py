@@ -6,9 +6,10 @@
 The data folder holds study folders of DICOM files and `dataset.jsonl` (what
 `models.phantom.write_dataset` writes); `--make-phantoms N` writes N phantom studies there
 first. Every study is read once through the node's grouping and volume loader and kept
-preprocessed in memory. Stages (see `models.training.stages`): 0 DINO on slices, slice
-features cached, 1 masked embedding modelling, 2a LM warm-up on the reports, 2 bridge
-alignment with the LM frozen, 3 report tuning with the findings head. The output folder
+preprocessed in memory. Stages (see `models.training.stages`): 0 DINO on slices, 0b slice
+findings (where the schedule has it), slice features cached, 1 masked embedding modelling,
+2a LM warm-up on the reports, 2 bridge alignment with the LM frozen, 3 report tuning with
+the findings head. The output folder
 loads with `ReportGenerator.from_pretrained` and carries `findings.json` (the coded finding
 vocabulary the node's SR writer uses) and `training.json` (stages, losses, times, data,
 device). `--device auto` trains on CUDA when torch sees a GPU (forward passes under bf16
@@ -61,9 +62,11 @@ from models.training.stages import (
     cache_slice_features,
     lm_warmup,
     schedule_for,
+    slice_findings,
     stage1_mem,
     stage2_align,
     stage3_tune,
+    stage3a_findings,
 )
 
 MODEL_VERSION = "1"
@@ -155,6 +158,9 @@ def train_msvlm(
     logs.append(dino)
     print(dino.line(), flush=True)
     del slices
+    if schedule.slice_findings is not None:
+        logs.append(slice_findings(model, processor, studies, schedule.slice_findings, seed=seed))
+        print(logs[-1].line(), flush=True)
 
     start = time.perf_counter()
     features = cache_slice_features(model, studies)
@@ -162,7 +168,8 @@ def train_msvlm(
     logs.append(cache)
     print(f"{cache.name}: {sum(len(f) for f in features)} views in {cache.seconds:.1f} s", flush=True)
 
-    steps = (
+    findings = schedule.findings
+    steps = [
         lambda: stage1_mem(
             model, processor, studies, features, schedule.mem, mask_ratio=schedule.mask_ratio, seed=seed
         ),
@@ -176,9 +183,12 @@ def train_msvlm(
             schedule.tune,
             lora=schedule.lora,
             tune_vision_layers=schedule.tune_vision_layers,
+            findings_learned=findings is not None,
             seed=seed,
         ),
-    )
+    ]
+    if findings is not None:
+        steps.insert(3, lambda: stage3a_findings(model, processor, studies, features, findings, seed=seed))
     for run in steps:
         log = run()
         logs.append(log)

@@ -26,6 +26,7 @@ _SHARED_FIELDS = (
     "resampler_heads",
     "findings_pooling",
     "findings_loss_weight",
+    "findings_tokens",
     "image_size",
     "ct_windows",
     "prompt_template",

@@ -140,6 +140,28 @@ class FindingsHead(nn.Module):
         return self.classifier(self.norm(self.pool(tokens, mask)))
 
 
+class FindingsPrompt(nn.Module):
+    """One LM input embedding per finding, between its "present" and "absent" embeddings.
+
+    Token j is p_j * present_j + (1 - p_j) * absent_j for the finding's probability p_j.
+    Why: the SR carries both the narrative and the coded findings; when the language model
+    has to rediscover each finding from the visual tokens, the two can disagree (the report
+    says "no nodule" under a coded nodule at 0.9). Fed the head's probabilities, the LM
+    learns to state them; in training it is fed the study's labels where known (teacher
+    forcing), so it learns to verbalise findings while the head learns to detect them.
+    """
+
+    def __init__(self, *, num_labels: int, lm_hidden_size: int) -> None:
+        super().__init__()
+        self.present = nn.Parameter(torch.zeros(num_labels, lm_hidden_size))
+        self.absent = nn.Parameter(torch.zeros(num_labels, lm_hidden_size))
+
+    def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """(B, F) probabilities -> (B, F, D_lm) embeddings."""
+        p = probabilities.to(self.present.dtype).unsqueeze(-1)
+        return p * self.present + (1 - p) * self.absent
+
+
 def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy over known labels; a target < 0 means "not annotated" and is skipped.
 

@@ -97,6 +97,10 @@ class ReportModelConfig(PreTrainedConfig):
     resampler_heads: int = 8
     findings_pooling: Literal["mean", "attention"] = "mean"
     findings_loss_weight: int | float = 1.0
+    #: append one LM input token per finding after the visual tokens, made from the findings
+    #: head's probability (`bridge.FindingsPrompt`), so the narrative states what the coded
+    #: findings say; False is the paper's model (visual tokens only)
+    findings_tokens: bool = False
     image_size: int = 224
     max_slices_per_view: int = 256
     ct_windows: list[list[int | float]] | None = None
@@ -124,6 +128,12 @@ class ReportModelConfig(PreTrainedConfig):
         """`text_config` as a config object (the field also accepts a dict at construction)."""
         assert isinstance(self.text_config, PreTrainedConfig)
         return self.text_config
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """LM input embeddings before the prompt: the visual tokens and any finding tokens."""
+        assert self.finding_labels is not None
+        return self.num_latents + (len(self.finding_labels) if self.findings_tokens else 0)
 
     @property
     def fixed_slices_per_view(self) -> int | None:
@@ -175,8 +185,8 @@ class ReportModelConfig(PreTrainedConfig):
                 f"text_config.{name} must be a token id below vocab_size, got {token_id}",
             )
         _require(
-            text.max_position_embeddings > self.num_latents + 2,
-            "text_config.max_position_embeddings leaves no room after the visual tokens",
+            text.max_position_embeddings > self.num_prefix_tokens + 2,
+            "text_config.max_position_embeddings leaves no room after the visual (and finding) tokens",
         )
 
     def validate_report_model(self) -> None:

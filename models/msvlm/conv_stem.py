@@ -11,10 +11,8 @@ norm, was what made it learn (group norm: 0.61).
 The stem keeps the ViT's token grid: image_size / patch_size tokens per side, each of
 `hidden_size`. It is swapped into `ViTModel.embeddings.patch_embeddings.projection`, so
 weights save and load under that name and position embeddings, CLS token and interpolation
-work unchanged. No preset uses it yet: "full" keeps the linear embedding so that published
-ViT weights load, and "demo" keeps it so that the bundled weights stay reproducible; a demo
-trained with this stem (and slice-level finding supervision) was no better end to end (see
-the README's demo section).
+work unchanged. The "demo" preset uses it; "full" keeps the linear embedding so that
+published ViT weights load.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Named MS-VLM sizes.
 
 * "tiny": unit tests on CPU, seconds per test.
-* "demo": trainable on 2 CPU cores in under ~30 minutes (64x64 slices, small word-level LM).
+* "demo": trainable on 2 CPU cores in under ~30 minutes (64x64 slices, small word-level LM,
+  a convolutional stem in the ViT and finding tokens for the LM; see `conv_stem` and
+  `bridge.FindingsPrompt`).
 * "full": paper scale (ViT-B/16 at 224, BigBird Z-former, 32 latents, Llama-3.2-1B-style LM);
   only built with random weights, for GPU memory and speed measurements.
 
@@ -140,6 +142,8 @@ def msvlm_preset(name: str, *, vocab_size: int | None = None) -> MsVlmConfig:
             resampler_layers=2,
             resampler_heads=4,
             max_text_tokens=256,
+            vision_stem="conv",
+            findings_tokens=True,
         )
     if name == "full":
         return MsVlmConfig(

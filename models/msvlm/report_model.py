@@ -6,7 +6,7 @@ A subclass only says how a batch of studies becomes a padded sequence of visual 
 changes the encoder and nothing else.
 
 Sequence layout fed to the LM (as `inputs_embeds`):
-    [num_latents visual tokens][BOS prompt tokens ...][report tokens ... EOS][pad]
+    [num_latents visual tokens][finding tokens, if configured][BOS prompt ...][report ... EOS][pad]
 Training batches are right-padded, generation batches left-padded in the text part; position
 ids are computed from the attention mask in both cases, so a study gets the same positions
 whether or not it shares a batch.
@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .bridge import FindingsHead, PerceiverResampler, VisualBridge, findings_loss
+from .bridge import FindingsHead, FindingsPrompt, PerceiverResampler, VisualBridge, findings_loss
 from .configuration_msvlm import ReportModelConfig
 
 IGNORE_INDEX = -100
@@ -42,7 +42,8 @@ class MsVlmOutput(ModelOutput):
     loss: lm_loss + findings_loss_weight * findings_loss (whichever are available).
     logits: LM logits over the whole sequence (visual + text), (B, K + T, vocab).
     findings_logits: (B, num_findings), before the sigmoid.
-    visual_tokens: the bridge output fed to the LM, (B, K, D_lm).
+    visual_tokens: the embeddings fed to the LM before the prompt, (B, K (+ F), D_lm): the
+        bridge output, then the finding tokens when `config.findings_tokens`.
     """
 
     loss: torch.Tensor | None = None
@@ -87,12 +88,20 @@ class ReportModelBase(PreTrainedModel):
             pooling=config.findings_pooling,
             eps=config.layer_norm_eps,
         )
+        self.findings_prompt = (
+            FindingsPrompt(num_labels=len(config.finding_labels), lm_hidden_size=config.text.hidden_size)
+            if config.findings_tokens
+            else None
+        )
         self.language_model = AutoModelForCausalLM.from_config(config.text)
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, PerceiverResampler):
             init.normal_(module.latents, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, FindingsPrompt):
+            init.normal_(module.present, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.absent, mean=0.0, std=self.config.initializer_range)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.language_model.get_input_embeddings()
@@ -102,6 +111,28 @@ class ReportModelBase(PreTrainedModel):
     ) -> VisualEncoding:
         """(B, V, Z, 3, S, S) pixels, (B, V, Z) slice mask, (B, V) view ids -> visual tokens."""
         raise NotImplementedError
+
+    def prefix_tokens(
+        self,
+        encoding: VisualEncoding,
+        findings_logits: torch.Tensor,
+        findings_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The LM's input embeddings before the prompt: bridge output, then finding tokens.
+
+        The finding tokens take the study's labels where `findings_labels` knows them (teacher
+        forcing, in training) and the head's probabilities elsewhere; the head is not trained
+        through them (its own loss trains it).
+        """
+        visual_tokens = self.bridge(encoding.tokens, encoding.mask)
+        if self.findings_prompt is None:
+            return visual_tokens
+        probabilities = torch.sigmoid(findings_logits.detach().float())
+        if findings_labels is not None:
+            known = findings_labels >= 0
+            probabilities = torch.where(known, findings_labels.float(), probabilities)
+        finding_tokens = self.findings_prompt(probabilities).to(visual_tokens.dtype)
+        return torch.cat([visual_tokens, finding_tokens], dim=1)
 
     def _assemble(
         self,
@@ -136,7 +167,7 @@ class ReportModelBase(PreTrainedModel):
         """
         findings_logits = self.findings_head(encoding.tokens, encoding.mask)
         f_loss = findings_loss(findings_logits, findings_labels) if findings_labels is not None else None
-        visual_tokens = self.bridge(encoding.tokens, encoding.mask)
+        visual_tokens = self.prefix_tokens(encoding, findings_logits, findings_labels)
         logits = lm_loss = None
         if input_ids is not None:
             if attention_mask is None:
@@ -171,8 +202,8 @@ class ReportModelBase(PreTrainedModel):
     ) -> GenerationConfig:
         """Deterministic decoding settings: greedy (num_beams=1) or beam search, no sampling.
 
-        `static_cache` sizes one KV cache for the longest possible sequence (visual tokens +
-        `max_text_tokens` + `max_new_tokens`), so every study has the same cache shape and
+        `static_cache` sizes one KV cache for the longest possible sequence (visual and finding
+        tokens + `max_text_tokens` + `max_new_tokens`), so every study has the same cache shape and
         the decoding step transformers compiles on CUDA is compiled once, not per prompt.
         """
         if max_new_tokens < 1 or num_beams < 1:
@@ -182,7 +213,7 @@ class ReportModelBase(PreTrainedModel):
         if static_cache:
             cache = {
                 "cache_implementation": "static",
-                "max_cache_len": self.config.num_latents + self.config.max_text_tokens + max_new_tokens,
+                "max_cache_len": self.config.num_prefix_tokens + self.config.max_text_tokens + max_new_tokens,
             }
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -210,7 +241,7 @@ class ReportModelBase(PreTrainedModel):
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("generation prompts must be left-padded (last position real in every row)")
         findings_logits = self.findings_head(encoding.tokens, encoding.mask)
-        visual_tokens = self.bridge(encoding.tokens, encoding.mask)
+        visual_tokens = self.prefix_tokens(encoding, findings_logits)
         embeds, mask, _, _ = self._assemble(visual_tokens, input_ids, attention_mask, None)
         sequences = self.language_model.generate(
             inputs_embeds=embeds,

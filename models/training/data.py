@@ -121,8 +121,30 @@ def read_index(data_dir: str | Path) -> list[IndexEntry]:
     return entries
 
 
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where a view's slices lie: their positions (mm) along its unit normal (patient LPS)."""
+
+    positions: tuple[float, ...]
+    normal: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class FindingRegion:
+    """A focal finding located in patient coordinates: slices within `radius_mm` show it."""
+
+    key: str
+    center_lps_mm: tuple[float, float, float]
+    radius_mm: float
+
+
 def load_study_views(folder: Path) -> list[ViewInput]:
     """A study folder of DICOM files -> its views in the node's order (headers, grouping, volume)."""
+    return [view for view, _ in load_study(folder)]
+
+
+def load_study(folder: Path) -> list[tuple[ViewInput, ViewGeometry]]:
+    """Like `load_study_views`, with each view's slice geometry."""
     from node.errors import NodeError
     from node.grouping import GroupingSettings, group_study
     from node.headers import UnreadableInstanceError, read_header
@@ -140,7 +162,12 @@ def load_study_views(folder: Path) -> list[ViewInput]:
         views = []
         for view in manifest.views:
             volume = load_view(view, settings=settings)
-            views.append(ViewInput(pixels=volume.pixels, modality=view.modality, view_key=view.key))  # type: ignore[arg-type]
+            views.append(
+                (
+                    ViewInput(pixels=volume.pixels, modality=view.modality, view_key=view.key),  # type: ignore[arg-type]
+                    ViewGeometry(positions=tuple(volume.positions), normal=volume.normal),
+                )
+            )
     except NodeError as exc:
         raise DatasetError(f"{folder}: {exc}") from exc
     if not views:
@@ -158,6 +185,9 @@ class StudyRecord:
     modalities: tuple[str, ...]
     report: str
     labels: Mapping[str, int]
+    #: per view (n, L): 1 the slice shows the finding, 0 it does not, -1 unknown; empty when
+    #: the study's geometry was not kept
+    slice_targets: tuple[torch.Tensor, ...] = ()
 
     def meta_views(self) -> list[ViewInput]:
         """Pixel-free stand-ins (one 1x1 slice) carrying modality and key, for text batching."""
@@ -167,16 +197,104 @@ class StudyRecord:
         ]
 
 
+def finding_regions(folder: Path) -> list[FindingRegion]:
+    """Focal findings located by the study's phantom answer key (`truth.json`), if it has one.
+
+    Nodules and liver lesions extend half their size from their centre; a lymph node
+    conglomerate about 0.7 of its short axis (measured against the phantom's raster). Real
+    datasets have no such key and train on study labels alone.
+    """
+    path = folder / "truth.json"
+    if not path.is_file():
+        return []
+    try:
+        truth = json.loads(path.read_text(encoding="utf-8"))
+        regions = []
+        for finding in truth.get("findings", []):
+            attributes = finding.get("attributes") or {}
+            if not finding.get("present") or "center_lps_mm" not in attributes:
+                continue
+            if "short_axis_mm" in attributes:
+                radius = 0.7 * float(attributes["short_axis_mm"])
+            else:
+                radius = float(attributes["size_mm"]) / 2
+            x, y, z = (float(v) for v in attributes["center_lps_mm"])
+            regions.append(FindingRegion(str(finding["key"]), (x, y, z), radius))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a phantom answer key ({exc})") from exc
+    return regions
+
+
+def slice_targets(
+    geometry: ViewGeometry,
+    slices: int,
+    finding_labels: Sequence[str],
+    study_labels: Mapping[str, int],
+    regions: Sequence[FindingRegion],
+) -> torch.Tensor:
+    """(slices, L) per-slice targets: 1 shows the finding, 0 does not, -1 unknown.
+
+    A finding absent from the study is absent from every slice. A present one that a region
+    locates shows on the slices within its radius, not on those more than one slice spacing
+    beyond, and the partial-volume band between stays unknown. A present one that nothing
+    locates (a diffuse finding such as cardiomegaly, or any finding of a dataset without an
+    answer key) counts on every slice: a weak label, but the one that teaches the encoder
+    what such a study looks like; left unknown, those findings would only ever be seen as
+    negatives. A finding the study does not annotate stays unknown. The view's positions
+    are resampled like its pixels when the processor changed the count.
+    """
+    positions = torch.tensor(geometry.positions, dtype=torch.float64)
+    if positions.numel() != slices:
+        grid = torch.linspace(0, positions.numel() - 1, slices, dtype=torch.float64)
+        positions = torch.from_numpy(np.interp(grid.numpy(), np.arange(positions.numel()), positions.numpy()))
+    spacing = float((positions[1:] - positions[:-1]).abs().mean()) if slices > 1 else 0.0
+    normal = torch.tensor(geometry.normal, dtype=torch.float64)
+    out = torch.full((slices, len(finding_labels)), -1.0)
+    located = {region.key: region for region in regions}
+    for j, key in enumerate(finding_labels):
+        label = study_labels.get(key)
+        if label == 0:
+            out[:, j] = 0.0
+        elif label == 1 and key not in located:
+            out[:, j] = 1.0
+        elif label == 1:
+            region = located[key]
+            distance = (
+                positions - float(torch.tensor(region.center_lps_mm, dtype=torch.float64) @ normal)
+            ).abs()
+            out[distance <= region.radius_mm, j] = 1.0
+            out[distance > region.radius_mm + spacing, j] = 0.0
+    return out
+
+
 def preprocess_study(
-    name: str, views: Sequence[ViewInput], processor: MsVlmProcessor, report: str, labels: Mapping[str, int]
+    name: str,
+    views: Sequence[ViewInput],
+    processor: MsVlmProcessor,
+    report: str,
+    labels: Mapping[str, int],
+    *,
+    geometries: Sequence[ViewGeometry] = (),
+    regions: Sequence[FindingRegion] = (),
 ) -> StudyRecord:
+    pixels = tuple(processor.preprocess_view(view).to(torch.float16) for view in views)
+    names = processor.settings.finding_labels
+    targets = (
+        tuple(
+            slice_targets(geometry, view.shape[0], names, labels, regions)
+            for geometry, view in zip(geometries, pixels, strict=True)
+        )
+        if geometries
+        else ()
+    )
     return StudyRecord(
         name=name,
-        pixels=tuple(processor.preprocess_view(view).to(torch.float16) for view in views),
+        pixels=pixels,
         view_keys=tuple(view.view_key for view in views),
         modalities=tuple(view.modality for view in views),
         report=report,
         labels=dict(labels),
+        slice_targets=targets,
     )
 
 
@@ -187,10 +305,21 @@ def load_dataset(
     out: dict[str, list[StudyRecord]] = {name: [] for name in processors}
     start = time.perf_counter()
     for i, entry in enumerate(entries):
-        views = load_study_views(entry.folder)
+        loaded = load_study(entry.folder)
+        views = [view for view, _ in loaded]
+        geometries = [geometry for _, geometry in loaded]
+        regions = finding_regions(entry.folder)
         for name, processor in processors.items():
             out[name].append(
-                preprocess_study(entry.folder.name, views, processor, entry.report, entry.labels)
+                preprocess_study(
+                    entry.folder.name,
+                    views,
+                    processor,
+                    entry.report,
+                    entry.labels,
+                    geometries=geometries,
+                    regions=regions,
+                )
             )
         if log_every and (i + 1) % log_every == 0:
             print(

@@ -27,6 +27,7 @@ SCHEDULE = replace(
     lm_warmup=StageSettings(epochs=2, lr=5e-3, batch_size=2),
     align=StageSettings(epochs=2, lr=3e-3, batch_size=2),
     tune=StageSettings(epochs=4, lr=5e-3, batch_size=2, warmup_fraction=0.0),
+    findings=StageSettings(epochs=4, lr=3e-3, batch_size=2, warmup_fraction=0.0),
 )
 
 
@@ -46,13 +47,15 @@ def test_tiny_run_of_all_stages_lowers_the_loss_and_saves_a_loadable_model(
     stages = {stage["name"]: stage for stage in record["stages"]}
     assert list(stages) == [
         "stage0 dino",
+        "stage0b slice findings",
         "slice feature cache",
         "stage1 mem",
         "stage2a lm warm-up",
         "stage2 bridge alignment",
+        "stage3a findings",
         "stage3 report tuning",
     ]
-    for name in ("stage1 mem", "stage2a lm warm-up", "stage3 report tuning"):
+    for name in ("stage1 mem", "stage2a lm warm-up", "stage3a findings", "stage3 report tuning"):
         assert stages[name]["last_loss"] < stages[name]["first_loss"], name
 
     config = json.loads((out / "config.json").read_text())

@@ -1,0 +1,95 @@
+"""Per-slice targets for stage 0b: from study labels and the phantom answer key's locations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.phantom import Finding, PhantomSpec
+from models.phantom.study import write_study
+from models.training.data import (
+    DatasetError,
+    FindingRegion,
+    ViewGeometry,
+    finding_regions,
+    load_study,
+    slice_targets,
+)
+
+pytestmark = pytest.mark.model
+
+NAMES = ("lung_nodule", "pleural_effusion", "liver_lesion")
+AXIAL = ViewGeometry(positions=tuple(float(z) for z in range(0, 100, 10)), normal=(0.0, 0.0, 1.0))
+
+
+def _column(targets: np.ndarray, name: str) -> str:
+    return "".join({1.0: "X", 0.0: ".", -1.0: "?"}[float(v)] for v in targets[:, NAMES.index(name)])
+
+
+def test_located_absent_and_diffuse_findings() -> None:
+    region = FindingRegion("lung_nodule", (5.0, -3.0, 42.0), 6.0)
+    labels = {"lung_nodule": 1, "pleural_effusion": 1, "liver_lesion": 0}
+    targets = slice_targets(AXIAL, 10, NAMES, labels, [region]).numpy()
+    # 40 mm is 2 mm from the centre; 30 and 50 lie in the partial-volume band (<= 6 + 10 mm)
+    assert _column(targets, "lung_nodule") == "...?X?...."
+    assert _column(targets, "pleural_effusion") == "X" * 10  # present, nothing says where: everywhere
+    assert _column(targets, "liver_lesion") == "." * 10  # absent from the study
+
+
+def test_unlabelled_findings_stay_unknown_and_oblique_normals_project() -> None:
+    sagittal = ViewGeometry(positions=AXIAL.positions, normal=(1.0, 0.0, 0.0))
+    region = FindingRegion("lung_nodule", (70.0, 0.0, 500.0), 4.0)
+    targets = slice_targets(sagittal, 10, NAMES, {"lung_nodule": 1}, [region]).numpy()
+    assert _column(targets, "lung_nodule") == "......?X?."
+    assert _column(targets, "liver_lesion") == "?" * 10
+
+
+def test_positions_follow_the_processors_resampling() -> None:
+    region = FindingRegion("lung_nodule", (0.0, 0.0, 90.0), 5.0)
+    targets = slice_targets(AXIAL, 4, NAMES, {"lung_nodule": 1}, [region]).numpy()  # 0, 30, 60, 90 mm
+    assert _column(targets, "lung_nodule") == "..?X"  # the band widens with the new 30 mm spacing
+
+
+def test_a_broken_answer_key_is_a_dataset_error(tmp_path: Path) -> None:
+    (tmp_path / "truth.json").write_text(
+        '{"findings": [{"key": "lung_nodule", "present": true, "attributes": {"center_lps_mm": [1, 2]}}]}'
+    )
+    with pytest.raises(DatasetError, match="not a phantom answer key"):
+        finding_regions(tmp_path)
+    assert finding_regions(tmp_path / "elsewhere") == []
+
+
+def test_targets_match_where_the_phantom_draws_the_nodule(tmp_path: Path) -> None:
+    """Every slice marked as showing the nodule is one its pixels change, and no slice marked
+    clear of it changes. (A slice only grazed by it stays unknown: here the axial slices
+    lie 10.7 and 14.3 mm from the centre of a 10 mm radius, so only the coronal view has one.)"""
+    base = PhantomSpec(
+        modality="CT",
+        planes=("axial", "coronal"),
+        phases=("venous",),
+        seed=7,
+        matrix=32,
+        slices=16,
+        include_localizer=False,
+        include_dose_report=False,
+        include_oblique=False,
+        findings=(Finding("lung_nodule", {"size_mm": 20.0, "lobe": "right upper lobe"}),),
+    )
+    write_study(base, tmp_path / "with")
+    write_study(replace(base, findings=()), tmp_path / "without")
+    regions = finding_regions(tmp_path / "with")
+    assert [(r.key, r.radius_mm) for r in regions] == [("lung_nodule", 10.0)]
+    with_views, without_views = load_study(tmp_path / "with"), load_study(tmp_path / "without")
+    positives = 0
+    for (view, geometry), (plain, _) in zip(with_views, without_views, strict=True):
+        targets = slice_targets(geometry, view.pixels.shape[0], NAMES, {"lung_nodule": 1}, regions).numpy()
+        changed = np.abs(view.pixels - plain.pixels).reshape(view.pixels.shape[0], -1).max(axis=1) > 50
+        marked = targets[:, 0]
+        positives += int((marked == 1).sum())
+        assert changed[marked == 1].all(), view.view_key
+        assert not changed[marked == 0].any(), view.view_key
+        assert changed.any(), view.view_key  # the nodule is in every view's coverage
+    assert positives >= 1
