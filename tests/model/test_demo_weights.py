@@ -30,14 +30,6 @@ def test_demo_folder_is_complete() -> None:
     assert sum(p.stat().st_size for p in DEMO.iterdir()) < 20 * 2**20
 
 
-@pytest.mark.xfail(
-    reason=(
-        "the bundled demo weights do not yet see every finding (held-out CE F1 0.58, findings-head AUC "
-        "0.69 on 100 phantoms, seed 1; target 0.9): cardiomegaly and effusion are seen, focal findings "
-        "such as a nodule only at AUC 0.65; see README, 'Demo weights'"
-    ),
-    strict=False,
-)
 def test_demo_model_names_planted_findings(generator: ReportGenerator, tmp_path: Path) -> None:
     """The `msvlm-node demo` study: CT with a 12 mm nodule and a left pleural effusion."""
     assert isinstance(generator.model, MsVlmForReportGeneration)
