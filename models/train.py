@@ -8,10 +8,10 @@ The data folder holds study folders of DICOM files and `dataset.jsonl` (what
 first. Every study is read once through the node's grouping and volume loader and kept
 preprocessed in memory. Stages (see `models.training.stages`): 0 DINO on slices, 0b slice
 findings (where the schedule has it), slice features cached, 1 masked embedding modelling,
-2a LM warm-up on the reports, 2 bridge alignment with the LM frozen, 3 report tuning with
-the findings head. The output folder
-loads with `ReportGenerator.from_pretrained` and carries `findings.json` (the coded finding
-vocabulary the node's SR writer uses) and `training.json` (stages, losses, times, data,
+2a LM warm-up on the reports, 2 bridge alignment with the LM frozen, 3a the findings alone
+(where the schedule has it), 3 report tuning. The output folder loads with
+`ReportGenerator.from_pretrained` and carries `findings.json` (the coded finding vocabulary
+the node's SR writer uses) and `training.json` (stages, losses, times, data,
 device). `--device auto` trains on CUDA when torch sees a GPU (forward passes under bf16
 autocast, see `models.training.device`), else on the CPU; the saved weights are float32 on
 the CPU either way. Every option has an environment mirror, MSVLM_TRAIN_<OPTION>.
@@ -25,7 +25,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -169,12 +169,16 @@ def train_msvlm(
     print(f"{cache.name}: {sum(len(f) for f in features)} views in {cache.seconds:.1f} s", flush=True)
 
     findings = schedule.findings
-    steps = [
+    steps: list[Callable[[], StageLog]] = [
         lambda: stage1_mem(
             model, processor, studies, features, schedule.mem, mask_ratio=schedule.mask_ratio, seed=seed
         ),
         lambda: lm_warmup(model, processor, studies, schedule.lm_warmup, seed=seed),
         lambda: stage2_align(model, processor, studies, features, schedule.align, seed=seed),
+    ]
+    if findings is not None:
+        steps.append(lambda: stage3a_findings(model, processor, studies, features, findings, seed=seed))
+    steps.append(
         lambda: stage3_tune(
             model,
             processor,
@@ -185,10 +189,8 @@ def train_msvlm(
             tune_vision_layers=schedule.tune_vision_layers,
             findings_learned=findings is not None,
             seed=seed,
-        ),
-    ]
-    if findings is not None:
-        steps.insert(3, lambda: stage3a_findings(model, processor, studies, features, findings, seed=seed))
+        )
+    )
     for run in steps:
         log = run()
         logs.append(log)

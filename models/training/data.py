@@ -202,7 +202,7 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
 
     Nodules and liver lesions extend half their size from their centre; a lymph node
     conglomerate about 0.7 of its short axis (measured against the phantom's raster). Real
-    datasets have no such key and train on study labels alone.
+    datasets have no such key: their present findings count on every slice (`slice_targets`).
     """
     path = folder / "truth.json"
     if not path.is_file():

@@ -7,7 +7,9 @@ it; the slice encoder stays frozen after that):
   1. masked embedding modelling: 30% of the slice embeddings of a study are replaced by the
      Z-former's learned mask embedding and regressed (L1) from the Z-former output;
   2. bridge alignment: report generation loss with the language model (and Z-former) frozen;
-  3. report tuning: Z-former, bridge, LM (fully, or LoRA for large LMs) and findings head.
+  3a. findings (when the schedule has it): Z-former and findings head on the study labels alone;
+  3. report tuning: bridge, LM (fully, or LoRA for large LMs) and any finding tokens, and the
+     Z-former and findings head unless stage 3a trained them.
 No pretrained LM can be downloaded, so before stage 2 the LM is warmed up on the report
 texts alone ("stage 2a"), which is what makes a frozen LM meaningful in stage 2.
 
@@ -274,14 +276,15 @@ def slice_findings(
     studies carries neither a finding of a few pixels nor the size of the heart (linear
     probes at chance), while tuning it later through the Z-former and the report loss
     collapsed the Z-former's output. The head is discarded; the findings head is trained
-    in stage 3 on the Z-former's output. Skipped when no slice has a known target.
+    later (stage 3a or 3) on the Z-former's output. Skipped when no slice has a known target.
     """
+    name = "stage0b slice findings"
     names = processor.settings.finding_labels
     showing, known = slice_pools(studies, len(names))
     labels_shown = [j for j, pool in enumerate(showing) if pool]
-    n_items = sum(len(pool) for pool in showing)
     if not labels_shown:
-        return run_stage("stage0b slice findings", [], settings, 0, lambda _: torch.zeros(()), seed=seed)
+        print(f"{name}: skipped (no slice has a known target)", flush=True)
+        return StageLog(name=name)
     device = module_device(model)
     vit = model.vision_model
     head = nn.Linear(model.config.vision.hidden_size, len(names)).to(device)
@@ -305,7 +308,8 @@ def slice_findings(
         weight = torch.where(truth == 1, POSITIVE_WEIGHT, 1.0)
         return F.binary_cross_entropy_with_logits(logits[mask], truth[mask], weight=weight[mask])
 
-    log = run_stage("stage0b slice findings", params, settings, n_items, step, seed=seed + 5)
+    n_items = sum(len(pool) for pool in showing)
+    log = run_stage(name, params, settings, n_items, step, seed=seed + 5)
     model.eval()
     return log
 
@@ -551,7 +555,8 @@ def stage3_tune(
     """Report tuning with the findings head: Z-former, bridge, findings head and the LM.
 
     After stage 3a (`findings_learned`) the Z-former and the findings head stay as that
-    stage left them; the bridge, any finding tokens and the LM learn.
+    stage left them; the bridge, any finding tokens and the LM learn. The study labels are
+    passed either way: they are what the finding tokens are fed in training.
 
     With `tune_vision_layers` > 0 the top layers of the slice encoder are tuned too: the
     frozen features of a small, briefly self-supervised ViT summarise a slice in its CLS
