@@ -220,7 +220,7 @@ def train(
     generator, like the saved folder, is on the CPU in float32.
     """
     target = resolve_device(str(device))
-    schedule = schedule or schedule_for(preset)
+    schedule = schedule or schedule_for(preset, baseline=baseline)
     total_start = time.perf_counter()
     timings: dict[str, float] = {}
     if make:
@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
     )
     args = parser.parse_args(argv)
-    schedule = schedule_for(args.preset)
+    schedule = schedule_for(args.preset, baseline=args.baseline)
     if args.align_epochs is not None:
         schedule = replace(schedule, align=replace(schedule.align, epochs=args.align_epochs))
     if args.tune_epochs is not None:

@@ -13,9 +13,13 @@ it; the slice encoder stays frozen after that):
 No pretrained LM can be downloaded, so before stage 2 the LM is warmed up on the report
 texts alone ("stage 2a"), which is what makes a frozen LM meaningful in stage 2.
 
-Baseline: no slice encoder, so no stage 0 or 1. It gets the same LM warm-up, then stage 2
-trains volume encoder + bridge with the LM frozen (a frozen random encoder could not be
-aligned), then stage 3 as MS-VLM; same epochs, batch size and learning rates.
+Baseline: no slice encoder, so no stage 0, 0b or 1. It gets the same LM warm-up. With a
+findings stage in its schedule (`schedule_for(preset, baseline=True)`), the analogue of
+MS-VLM's recipe: the volume encoder and the findings head learn the study labels from the
+pixels (the baseline's stages 0b and 3a in one), its output is cached, and stages 2 and 3
+train the bridge, the finding tokens and the LM on the cache, as MS-VLM's do on the
+Z-former's input. Without one (the full preset), stage 2 trains volume encoder + bridge
+with the LM frozen (a frozen random encoder could not be aligned), then stage 3 as MS-VLM.
 
 Every stage runs on the device its model is on (`device.module_device`): batches are
 moved there, random masks drawn there, caches kept there, and each step's forward pass
@@ -27,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +41,7 @@ from models.msvlm.bridge import findings_loss
 from models.msvlm.lora import LoraSettings, add_lora, merge_lora
 from models.msvlm.modeling_msvlm import MsVlmForReportGeneration
 from models.msvlm.processing_msvlm import MsVlmProcessor
-from models.msvlm.report_model import ReportModelBase
+from models.msvlm.report_model import ReportModelBase, VisualEncoding
 from models.msvlm.zformer import pack_views
 
 from .data import StudyRecord, batches, pad_views, text_batch, view_ids
@@ -92,8 +96,25 @@ class StageLog:
         return f"{self.name}: loss {self.first_loss:.4f} -> {self.last_loss:.4f} in {self.seconds:.1f} s"
 
 
-def schedule_for(preset: str) -> Schedule:
-    """Budgets: "tiny" for tests (seconds), "demo" for ~20 min on 2 CPU cores, "full" for GPUs."""
+#: the baseline's findings stage at the demo size: 4 passes over 900 studies from the pixels
+#: take ~15 min on 2 CPU cores, so its whole recipe takes what MS-VLM's does (~28 min)
+BASELINE_DEMO_FINDINGS = StageSettings(epochs=4, lr=1e-3, batch_size=8, weight_decay=0.05)
+
+
+def schedule_for(preset: str, *, baseline: bool = False) -> Schedule:
+    """Budgets: "tiny" for tests (seconds), "demo" for ~30 min on 2 CPU cores, "full" for GPUs.
+
+    The baseline shares every stage's settings except, at the demo size, its findings
+    stage: learning from pixels costs it what MS-VLM's cached features do not, and the
+    comparison is at the same wall-clock budget.
+    """
+    schedule = _msvlm_schedule(preset)
+    if baseline and preset == "demo":
+        return replace(schedule, findings=BASELINE_DEMO_FINDINGS)
+    return schedule
+
+
+def _msvlm_schedule(preset: str) -> Schedule:
     if preset == "tiny":
         return Schedule(
             dino=DinoSettings(
@@ -653,11 +674,128 @@ def baseline_stages(
     *,
     seed: int,
 ) -> list[StageLog]:
-    """LM warm-up, encoder + bridge alignment (LM frozen), then full tuning with findings."""
-    device = module_device(model)
+    """LM warm-up, then findings first (when the schedule has them) or encoder + bridge alignment."""
     logs = [lm_warmup(model, processor, studies, schedule.lm_warmup, seed=seed)]
+    if schedule.findings is None:
+        return logs + _baseline_end_to_end(model, processor, studies, schedule, seed=seed)
+    logs.append(baseline_findings(model, processor, studies, schedule.findings, seed=seed))
+    start = time.perf_counter()
+    encodings = cache_volume_tokens(model, processor, studies)
+    logs.append(StageLog(name="volume token cache", seconds=time.perf_counter() - start))
+    print(f"{logs[-1].name}: {len(encodings)} studies in {logs[-1].seconds:.1f} s", flush=True)
+    params = _only_train(model, *_bridge_modules(model))
+    model.train()
+    step = _encoding_step(model, processor, studies, encodings, with_findings=False)
+    logs.append(
+        run_stage("stage2 bridge alignment", params, schedule.align, len(studies), step, seed=seed + 3)
+    )
+    if schedule.lora is not None:
+        add_lora(model, schedule.lora)
+        model.to(module_device(model))  # type: ignore[arg-type]
+    params = _only_train(model, *_bridge_modules(model))
+    params += _language_model_parameters(model, lora=schedule.lora is not None)
+    model.train()
+    step = _encoding_step(model, processor, studies, encodings, with_findings=True)
+    logs.append(run_stage("stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4))
+    merge_lora(model)
+    model.eval()
+    return logs
+
+
+def baseline_findings(
+    model: ReportModelBase,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    settings: StageSettings,
+    *,
+    seed: int,
+) -> StageLog:
+    """The volume encoder and the findings head learn the study labels from the pixels.
+
+    Why: MS-VLM's encoders learn the findings before the report loss sees them (stages 0b
+    and 3a); the baseline gets the same advantage at the same budget, so that the comparison
+    is of the encoder designs, not of the recipes.
+    """
+    device = module_device(model)
+    params = _only_train(model, model.get_submodule("volume_encoder"), model.findings_head)
+    model.train()
+
+    def step(index: list[int]) -> torch.Tensor:
+        chosen = [studies[i] for i in index]
+        pixels, mask = pad_views([list(study.pixels) for study in chosen], device=device)
+        labels = text_batch(processor, chosen, with_reports=False).findings_labels
+        assert labels is not None
+        encoding = model.encode_study(
+            pixel_values=pixels, slice_mask=mask, view_ids=view_ids(processor, chosen, device=device)
+        )
+        return findings_loss(model.findings_head(encoding.tokens, encoding.mask), labels.to(device))
+
+    log = run_stage("stage3a findings from pixels", params, settings, len(studies), step, seed=seed + 6)
+    model.eval()
+    return log
+
+
+@torch.no_grad()
+def cache_volume_tokens(
+    model: ReportModelBase, processor: MsVlmProcessor, studies: Sequence[StudyRecord]
+) -> list[list[torch.Tensor]]:
+    """The frozen volume encoder's patch tokens: per study, per view (P, D) float32 on the device."""
+    model.eval()
+    device = module_device(model)
+    out = []
+    for study in studies:
+        pixels, mask = pad_views([list(study.pixels)], device=device)
+        with training_autocast(device):
+            encoding = model.encode_study(
+                pixel_values=pixels, slice_mask=mask, view_ids=view_ids(processor, [study], device=device)
+            )
+        tokens = encoding.tokens.float().reshape(len(study.pixels), -1, encoding.tokens.shape[-1])
+        out.append(list(tokens.unbind(0)))
+    return out
+
+
+def _encoding_step(
+    model: ReportModelBase,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    encodings: Sequence[list[torch.Tensor]],
+    *,
+    with_findings: bool,
+) -> Callable[[list[int]], torch.Tensor]:
+    """A report-loss step from cached volume tokens (padded views masked)."""
+    device = module_device(model)
+
+    def step(index: list[int]) -> torch.Tensor:
+        chosen = [studies[i] for i in index]
+        tokens, mask = pad_views([encodings[i] for i in index], device=device)
+        encoding = VisualEncoding(tokens=tokens.flatten(1, 2), mask=mask.flatten(1, 2))
+        text = text_batch(processor, chosen).to(device)
+        out = model.forward_from_encoding(
+            encoding,
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask,
+            labels=text.labels,
+            findings_labels=text.findings_labels if with_findings else None,
+        )
+        assert out.loss is not None
+        return out.loss
+
+    return step
+
+
+def _baseline_end_to_end(
+    model: ReportModelBase,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    schedule: Schedule,
+    *,
+    seed: int,
+) -> list[StageLog]:
+    """Without a findings stage: encoder + bridge alignment (LM frozen), then full tuning with findings."""
+    device = module_device(model)
+    logs = []
     encoder = model.get_submodule("volume_encoder")
-    params = _only_train(model, encoder, model.bridge)
+    params = _only_train(model, encoder, *_bridge_modules(model))
     model.train()
     step = _pixel_step(model, processor, studies, with_findings=False)
     logs.append(
@@ -673,7 +811,7 @@ def baseline_stages(
     if schedule.lora is not None:
         add_lora(model, schedule.lora)
         model.to(device)  # type: ignore[arg-type]
-    params = _only_train(model, encoder, model.bridge, model.findings_head)
+    params = _only_train(model, encoder, *_bridge_modules(model), model.findings_head)
     params += _language_model_parameters(model, lora=schedule.lora is not None)
     model.train()
     step = _pixel_step(model, processor, studies, with_findings=True)

@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTModel
 
+from models.baseline3d import Baseline3dForReportGeneration
 from models.msvlm import MsVlmForReportGeneration, ReportGenerator
 from models.msvlm.presets import vit_config
 from models.phantom import FINDINGS
-from models.train import train
+from models.train import seed_everything, train
 from models.training.data import epoch_order, make_phantoms
 from models.training.dino import train_dino
 from models.training.stages import StageSettings, schedule_for
@@ -77,10 +78,53 @@ def test_baseline_trains_on_the_same_data(dataset: Path, tmp_path: Path) -> None
     out = tmp_path / "baseline"
     train(preset="tiny", data=dataset, out=out, seed=0, baseline=True, schedule=SCHEDULE)
     record = json.loads((out / "training.json").read_text())
-    tune = record["stages"][-1]
-    assert tune["name"] == "stage3 report tuning" and tune["last_loss"] < tune["first_loss"]
+    stages = {stage["name"]: stage for stage in record["stages"]}
+    assert list(stages) == [
+        "stage2a lm warm-up",
+        "stage3a findings from pixels",
+        "volume token cache",
+        "stage2 bridge alignment",
+        "stage3 report tuning",
+    ]
+    for name in ("stage3a findings from pixels", "stage3 report tuning"):
+        assert stages[name]["last_loss"] < stages[name]["first_loss"], name
     loaded = ReportGenerator.from_pretrained(out)
     assert type(loaded.model).__name__ == "Baseline3dForReportGeneration"
+
+
+def test_baseline_report_stages_leave_the_volume_encoder_as_the_findings_stage_left_it(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """With no findings epochs, the saved encoder must be the seeded initial one, bit for bit."""
+    out = tmp_path / "baseline"
+    assert SCHEDULE.findings is not None
+    schedule = replace(SCHEDULE, findings=replace(SCHEDULE.findings, epochs=0))
+    train(preset="tiny", data=dataset, out=out, seed=0, baseline=True, schedule=schedule)
+    trained = ReportGenerator.from_pretrained(out).model
+    seed_everything(0)
+    initial = Baseline3dForReportGeneration(trained.config)
+    for name, value in initial.volume_encoder.state_dict().items():
+        assert torch.equal(value, trained.get_submodule("volume_encoder").state_dict()[name]), name
+    bridge = dict(initial.bridge.named_parameters())
+    assert any(not torch.equal(p, bridge[n]) for n, p in trained.bridge.named_parameters())
+
+
+def test_baseline_without_a_findings_stage_trains_its_encoder_with_the_report(
+    dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "baseline"
+    train(
+        preset="tiny", data=dataset, out=out, seed=0, baseline=True, schedule=replace(SCHEDULE, findings=None)
+    )
+    names = [stage["name"] for stage in json.loads((out / "training.json").read_text())["stages"]]
+    assert names == ["stage2a lm warm-up", "stage2 encoder+bridge alignment", "stage3 report tuning"]
+
+
+def test_the_baseline_demo_budget_differs_only_in_its_findings_stage() -> None:
+    msvlm, baseline = schedule_for("demo"), schedule_for("demo", baseline=True)
+    assert baseline.findings is not None and baseline.findings != msvlm.findings
+    assert replace(baseline, findings=msvlm.findings) == msvlm
+    assert schedule_for("tiny", baseline=True) == schedule_for("tiny")
 
 
 def test_data_order_and_dino_are_reproducible() -> None:
