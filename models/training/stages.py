@@ -642,19 +642,25 @@ class _LazyFeatures(Sequence[list[torch.Tensor]]):
 # --- the 3D-patch baseline -----------------------------------------------------------------
 
 
-def _pixel_step(
-    model: ReportModelBase, processor: MsVlmProcessor, studies: Sequence[StudyRecord], *, with_findings: bool
+#: a batch of studies (by index) to their encoder output
+Encode = Callable[[list[int]], VisualEncoding]
+
+
+def _report_step(
+    model: ReportModelBase,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    encode: Encode,
+    *,
+    with_findings: bool,
 ) -> Callable[[list[int]], torch.Tensor]:
+    """A report-loss step (and findings loss `with_findings`) on what `encode` gives."""
     device = module_device(model)
 
     def step(index: list[int]) -> torch.Tensor:
-        chosen = [studies[i] for i in index]
-        pixels, mask = pad_views([list(study.pixels) for study in chosen], device=device)
-        text = text_batch(processor, chosen).to(device)
-        out = model(
-            pixel_values=pixels,
-            slice_mask=mask,
-            view_ids=view_ids(processor, chosen, device=device),
+        text = text_batch(processor, [studies[i] for i in index]).to(device)
+        out = model.forward_from_encoding(
+            encode(index),
             input_ids=text.input_ids,
             attention_mask=text.attention_mask,
             labels=text.labels,
@@ -664,6 +670,31 @@ def _pixel_step(
         return out.loss
 
     return step
+
+
+def _from_pixels(model: ReportModelBase, processor: MsVlmProcessor, studies: Sequence[StudyRecord]) -> Encode:
+    """The volume encoder run on the studies' pixels (trainable)."""
+    device = module_device(model)
+
+    def encode(index: list[int]) -> VisualEncoding:
+        chosen = [studies[i] for i in index]
+        pixels, mask = pad_views([list(study.pixels) for study in chosen], device=device)
+        return model.encode_study(
+            pixel_values=pixels, slice_mask=mask, view_ids=view_ids(processor, chosen, device=device)
+        )
+
+    return encode
+
+
+def _from_cache(model: ReportModelBase, encodings: Sequence[list[torch.Tensor]]) -> Encode:
+    """The cached volume tokens of `cache_volume_tokens`, padded views masked."""
+    device = module_device(model)
+
+    def encode(index: list[int]) -> VisualEncoding:
+        tokens, mask = pad_views([encodings[i] for i in index], device=device)
+        return VisualEncoding(tokens=tokens.flatten(1, 2), mask=mask.flatten(1, 2))
+
+    return encode
 
 
 def baseline_stages(
@@ -685,7 +716,7 @@ def baseline_stages(
     print(f"{logs[-1].name}: {len(encodings)} studies in {logs[-1].seconds:.1f} s", flush=True)
     params = _only_train(model, *_bridge_modules(model))
     model.train()
-    step = _encoding_step(model, processor, studies, encodings, with_findings=False)
+    step = _report_step(model, processor, studies, _from_cache(model, encodings), with_findings=False)
     logs.append(
         run_stage("stage2 bridge alignment", params, schedule.align, len(studies), step, seed=seed + 3)
     )
@@ -695,7 +726,7 @@ def baseline_stages(
     params = _only_train(model, *_bridge_modules(model))
     params += _language_model_parameters(model, lora=schedule.lora is not None)
     model.train()
-    step = _encoding_step(model, processor, studies, encodings, with_findings=True)
+    step = _report_step(model, processor, studies, _from_cache(model, encodings), with_findings=True)
     logs.append(run_stage("stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4))
     merge_lora(model)
     model.eval()
@@ -719,15 +750,12 @@ def baseline_findings(
     device = module_device(model)
     params = _only_train(model, model.get_submodule("volume_encoder"), model.findings_head)
     model.train()
+    encode = _from_pixels(model, processor, studies)
 
     def step(index: list[int]) -> torch.Tensor:
-        chosen = [studies[i] for i in index]
-        pixels, mask = pad_views([list(study.pixels) for study in chosen], device=device)
-        labels = text_batch(processor, chosen, with_reports=False).findings_labels
+        labels = text_batch(processor, [studies[i] for i in index], with_reports=False).findings_labels
         assert labels is not None
-        encoding = model.encode_study(
-            pixel_values=pixels, slice_mask=mask, view_ids=view_ids(processor, chosen, device=device)
-        )
+        encoding = encode(index)
         return findings_loss(model.findings_head(encoding.tokens, encoding.mask), labels.to(device))
 
     log = run_stage("stage3a findings from pixels", params, settings, len(studies), step, seed=seed + 6)
@@ -754,35 +782,6 @@ def cache_volume_tokens(
     return out
 
 
-def _encoding_step(
-    model: ReportModelBase,
-    processor: MsVlmProcessor,
-    studies: Sequence[StudyRecord],
-    encodings: Sequence[list[torch.Tensor]],
-    *,
-    with_findings: bool,
-) -> Callable[[list[int]], torch.Tensor]:
-    """A report-loss step from cached volume tokens (padded views masked)."""
-    device = module_device(model)
-
-    def step(index: list[int]) -> torch.Tensor:
-        chosen = [studies[i] for i in index]
-        tokens, mask = pad_views([encodings[i] for i in index], device=device)
-        encoding = VisualEncoding(tokens=tokens.flatten(1, 2), mask=mask.flatten(1, 2))
-        text = text_batch(processor, chosen).to(device)
-        out = model.forward_from_encoding(
-            encoding,
-            input_ids=text.input_ids,
-            attention_mask=text.attention_mask,
-            labels=text.labels,
-            findings_labels=text.findings_labels if with_findings else None,
-        )
-        assert out.loss is not None
-        return out.loss
-
-    return step
-
-
 def _baseline_end_to_end(
     model: ReportModelBase,
     processor: MsVlmProcessor,
@@ -797,7 +796,9 @@ def _baseline_end_to_end(
     encoder = model.get_submodule("volume_encoder")
     params = _only_train(model, encoder, *_bridge_modules(model))
     model.train()
-    step = _pixel_step(model, processor, studies, with_findings=False)
+    step = _report_step(
+        model, processor, studies, _from_pixels(model, processor, studies), with_findings=False
+    )
     logs.append(
         run_stage(
             "stage2 encoder+bridge alignment",
@@ -814,7 +815,9 @@ def _baseline_end_to_end(
     params = _only_train(model, encoder, *_bridge_modules(model), model.findings_head)
     params += _language_model_parameters(model, lora=schedule.lora is not None)
     model.train()
-    step = _pixel_step(model, processor, studies, with_findings=True)
+    step = _report_step(
+        model, processor, studies, _from_pixels(model, processor, studies), with_findings=True
+    )
     logs.append(run_stage("stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4))
     merge_lora(model)
     model.eval()
