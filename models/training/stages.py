@@ -253,6 +253,36 @@ def _language_model_parameters(model: ReportModelBase, *, lora: bool) -> list[nn
     return adapters
 
 
+#: a batch of studies (by index) to their encoder output
+Encode = Callable[[list[int]], VisualEncoding]
+
+
+def _report_step(
+    model: ReportModelBase,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    encode: Encode,
+    *,
+    with_findings: bool,
+) -> Callable[[list[int]], torch.Tensor]:
+    """A report-loss step (and findings loss `with_findings`) on what `encode` gives."""
+    device = module_device(model)
+
+    def step(index: list[int]) -> torch.Tensor:
+        text = text_batch(processor, [studies[i] for i in index]).to(device)
+        out = model.forward_from_encoding(
+            encode(index),
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask,
+            labels=text.labels,
+            findings_labels=text.findings_labels if with_findings else None,
+        )
+        assert out.loss is not None
+        return out.loss
+
+    return step
+
+
 # --- MS-VLM --------------------------------------------------------------------------------
 
 
@@ -451,23 +481,13 @@ def _msvlm_step(
 ) -> Callable[[list[int]], torch.Tensor]:
     device = module_device(model)
 
-    def step(index: list[int]) -> torch.Tensor:
-        chosen = [studies[i] for i in index]
-        feats, mask, ids = _feature_batch(processor, chosen, [features[i] for i in index], device=device)
-        text = text_batch(processor, chosen).to(device)
-        out = model(
-            slice_features=feats,
-            slice_mask=mask,
-            view_ids=ids,
-            input_ids=text.input_ids,
-            attention_mask=text.attention_mask,
-            labels=text.labels,
-            findings_labels=text.findings_labels if with_findings else None,
+    def encode(index: list[int]) -> VisualEncoding:
+        feats, mask, ids = _feature_batch(
+            processor, [studies[i] for i in index], [features[i] for i in index], device=device
         )
-        assert out.loss is not None
-        return out.loss
+        return model.encode_study(slice_features=feats, slice_mask=mask, view_ids=ids)
 
-    return step
+    return _report_step(model, processor, studies, encode, with_findings=with_findings)
 
 
 def _bridge_modules(model: ReportModelBase) -> list[nn.Module]:
@@ -640,36 +660,6 @@ class _LazyFeatures(Sequence[list[torch.Tensor]]):
 
 
 # --- the 3D-patch baseline -----------------------------------------------------------------
-
-
-#: a batch of studies (by index) to their encoder output
-Encode = Callable[[list[int]], VisualEncoding]
-
-
-def _report_step(
-    model: ReportModelBase,
-    processor: MsVlmProcessor,
-    studies: Sequence[StudyRecord],
-    encode: Encode,
-    *,
-    with_findings: bool,
-) -> Callable[[list[int]], torch.Tensor]:
-    """A report-loss step (and findings loss `with_findings`) on what `encode` gives."""
-    device = module_device(model)
-
-    def step(index: list[int]) -> torch.Tensor:
-        text = text_batch(processor, [studies[i] for i in index]).to(device)
-        out = model.forward_from_encoding(
-            encode(index),
-            input_ids=text.input_ids,
-            attention_mask=text.attention_mask,
-            labels=text.labels,
-            findings_labels=text.findings_labels if with_findings else None,
-        )
-        assert out.loss is not None
-        return out.loss
-
-    return step
 
 
 def _from_pixels(model: ReportModelBase, processor: MsVlmProcessor, studies: Sequence[StudyRecord]) -> Encode:
