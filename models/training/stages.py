@@ -471,14 +471,13 @@ def lm_warmup(
     return log
 
 
-def _msvlm_step(
+def _from_features(
     model: MsVlmForReportGeneration,
     processor: MsVlmProcessor,
     studies: Sequence[StudyRecord],
     features: Sequence[list[torch.Tensor]],
-    *,
-    with_findings: bool,
-) -> Callable[[list[int]], torch.Tensor]:
+) -> Encode:
+    """The Z-former over cached slice features (per study, per view)."""
     device = module_device(model)
 
     def encode(index: list[int]) -> VisualEncoding:
@@ -487,7 +486,34 @@ def _msvlm_step(
         )
         return model.encode_study(slice_features=feats, slice_mask=mask, view_ids=ids)
 
+    return encode
+
+
+def _msvlm_step(
+    model: MsVlmForReportGeneration,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    features: Sequence[list[torch.Tensor]],
+    *,
+    with_findings: bool,
+) -> Callable[[list[int]], torch.Tensor]:
+    encode = _from_features(model, processor, studies, features)
     return _report_step(model, processor, studies, encode, with_findings=with_findings)
+
+
+def _findings_step(
+    model: ReportModelBase, processor: MsVlmProcessor, studies: Sequence[StudyRecord], encode: Encode
+) -> Callable[[list[int]], torch.Tensor]:
+    """A findings-loss step (study labels alone, no report) on what `encode` gives."""
+    device = module_device(model)
+
+    def step(index: list[int]) -> torch.Tensor:
+        labels = text_batch(processor, [studies[i] for i in index], with_reports=False).findings_labels
+        assert labels is not None
+        encoding = encode(index)
+        return findings_loss(model.findings_head(encoding.tokens, encoding.mask), labels.to(device))
+
+    return step
 
 
 def _bridge_modules(model: ReportModelBase) -> list[nn.Module]:
@@ -510,18 +536,9 @@ def stage3a_findings(
     slice features show (effusion: findings-head AUC 0.59, against 0.88 for the same
     Z-former and head trained on the findings alone, on the same features).
     """
-    device = module_device(model)
     params = _only_train(model, model.zformer, model.findings_head)
     model.train()
-
-    def step(index: list[int]) -> torch.Tensor:
-        chosen = [studies[i] for i in index]
-        feats, mask, ids = _feature_batch(processor, chosen, [features[i] for i in index], device=device)
-        labels = text_batch(processor, chosen, with_reports=False).findings_labels
-        assert labels is not None
-        encoding = model.encode_study(slice_features=feats, slice_mask=mask, view_ids=ids)
-        return findings_loss(model.findings_head(encoding.tokens, encoding.mask), labels.to(device))
-
+    step = _findings_step(model, processor, studies, _from_features(model, processor, studies, features))
     log = run_stage("stage3a findings", params, settings, len(studies), step, seed=seed + 6)
     model.eval()
     return log
@@ -737,17 +754,9 @@ def baseline_findings(
     and 3a); the baseline gets the same advantage at the same budget, so that the comparison
     is of the encoder designs, not of the recipes.
     """
-    device = module_device(model)
     params = _only_train(model, model.get_submodule("volume_encoder"), model.findings_head)
     model.train()
-    encode = _from_pixels(model, processor, studies)
-
-    def step(index: list[int]) -> torch.Tensor:
-        labels = text_batch(processor, [studies[i] for i in index], with_reports=False).findings_labels
-        assert labels is not None
-        encoding = encode(index)
-        return findings_loss(model.findings_head(encoding.tokens, encoding.mask), labels.to(device))
-
+    step = _findings_step(model, processor, studies, _from_pixels(model, processor, studies))
     log = run_stage("stage3a findings from pixels", params, settings, len(studies), step, seed=seed + 6)
     model.eval()
     return log
