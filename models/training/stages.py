@@ -712,28 +712,37 @@ def baseline_stages(
     *,
     seed: int,
 ) -> list[StageLog]:
-    """LM warm-up, then findings first (when the schedule has them) or encoder + bridge alignment."""
+    """LM warm-up; findings first when the schedule has them; then alignment and report tuning.
+
+    After the findings stage the volume encoder is frozen and stages 2 and 3 read its cached
+    output. Without one, stage 2 trains it with the bridge (from the pixels) and stage 3
+    with the bridge, the findings head and the LM.
+    """
     logs = [lm_warmup(model, processor, studies, schedule.lm_warmup, seed=seed)]
+    encoder: list[nn.Module] = []  # the encoder modules stages 2 and 3 train
     if schedule.findings is None:
-        return logs + _baseline_end_to_end(model, processor, studies, schedule, seed=seed)
-    logs.append(baseline_findings(model, processor, studies, schedule.findings, seed=seed))
-    start = time.perf_counter()
-    encodings = cache_volume_tokens(model, processor, studies)
-    logs.append(StageLog(name="volume token cache", seconds=time.perf_counter() - start))
-    print(f"{logs[-1].name}: {len(encodings)} studies in {logs[-1].seconds:.1f} s", flush=True)
-    params = _only_train(model, *_bridge_modules(model))
+        encoder = [model.get_submodule("volume_encoder")]
+        encode = _from_pixels(model, processor, studies)
+    else:
+        logs.append(baseline_findings(model, processor, studies, schedule.findings, seed=seed))
+        start = time.perf_counter()
+        encodings = cache_volume_tokens(model, processor, studies)
+        logs.append(StageLog(name="volume token cache", seconds=time.perf_counter() - start))
+        print(f"{logs[-1].name}: {len(encodings)} studies in {logs[-1].seconds:.1f} s", flush=True)
+        encode = _from_cache(model, encodings)
+    params = _only_train(model, *encoder, *_bridge_modules(model))
     model.train()
-    step = _report_step(model, processor, studies, _from_cache(model, encodings), with_findings=False)
-    logs.append(
-        run_stage("stage2 bridge alignment", params, schedule.align, len(studies), step, seed=seed + 3)
-    )
+    step = _report_step(model, processor, studies, encode, with_findings=False)
+    name = "stage2 encoder+bridge alignment" if encoder else "stage2 bridge alignment"
+    logs.append(run_stage(name, params, schedule.align, len(studies), step, seed=seed + 3))
     if schedule.lora is not None:
         add_lora(model, schedule.lora)
         model.to(module_device(model))  # type: ignore[arg-type]
-    params = _only_train(model, *_bridge_modules(model))
+    head = [model.findings_head] if encoder else []  # the findings stage trained it otherwise
+    params = _only_train(model, *encoder, *_bridge_modules(model), *head)
     params += _language_model_parameters(model, lora=schedule.lora is not None)
     model.train()
-    step = _report_step(model, processor, studies, _from_cache(model, encodings), with_findings=True)
+    step = _report_step(model, processor, studies, encode, with_findings=True)
     logs.append(run_stage("stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4))
     merge_lora(model)
     model.eval()
@@ -779,45 +788,3 @@ def cache_volume_tokens(
         tokens = encoding.tokens.float().reshape(len(study.pixels), -1, encoding.tokens.shape[-1])
         out.append(list(tokens.unbind(0)))
     return out
-
-
-def _baseline_end_to_end(
-    model: ReportModelBase,
-    processor: MsVlmProcessor,
-    studies: Sequence[StudyRecord],
-    schedule: Schedule,
-    *,
-    seed: int,
-) -> list[StageLog]:
-    """Without a findings stage: encoder + bridge alignment (LM frozen), then full tuning with findings."""
-    device = module_device(model)
-    logs = []
-    encoder = model.get_submodule("volume_encoder")
-    params = _only_train(model, encoder, *_bridge_modules(model))
-    model.train()
-    step = _report_step(
-        model, processor, studies, _from_pixels(model, processor, studies), with_findings=False
-    )
-    logs.append(
-        run_stage(
-            "stage2 encoder+bridge alignment",
-            params,
-            schedule.align,
-            len(studies),
-            step,
-            seed=seed + 3,
-        )
-    )
-    if schedule.lora is not None:
-        add_lora(model, schedule.lora)
-        model.to(device)  # type: ignore[arg-type]
-    params = _only_train(model, encoder, *_bridge_modules(model), model.findings_head)
-    params += _language_model_parameters(model, lora=schedule.lora is not None)
-    model.train()
-    step = _report_step(
-        model, processor, studies, _from_pixels(model, processor, studies), with_findings=True
-    )
-    logs.append(run_stage("stage3 report tuning", params, schedule.tune, len(studies), step, seed=seed + 4))
-    merge_lora(model)
-    model.eval()
-    return logs
