@@ -6,7 +6,10 @@
 Prints BLEU-1..4, METEOR, ROUGE-L (`models.training.metrics`), clinical efficacy (findings
 named in the generated text by the negation-aware labeller against the truth: truth.json
 for phantoms, else dataset.jsonl labels, else the labeller on the reference report) and the
-findings head's macro AUC. `--json` prints exactly one JSON object. Phantoms are written to
+findings head's macro AUC. On phantoms it also prints, per focal finding, the recall an
+ideal observer could reach (`models.phantom.detectability`: how many planted findings are
+above the Rose criterion in their best view), so that a model's misses can be told from
+findings nobody could see. `--json` prints exactly one JSON object. Phantoms are written to
 a temporary folder with study seeds `seed * 100000 + index`; use a seed other than the
 training data's (training.json records it; a clash is refused). `--device` (auto, cpu,
 cuda, cuda:N) is where the model generates; on CUDA it runs in the precision the node's
@@ -28,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from models.msvlm import ReportGenerator
-from models.training.data import DatasetError, IndexEntry, load_study_views, make_phantoms, read_index
+from models.phantom.detectability import ROSE_SNR, focal_signals
+from models.training.data import (
+    DatasetError,
+    IndexEntry,
+    load_study_views,
+    make_phantoms,
+    phantom_spec,
+    read_index,
+)
 from models.training.device import DEVICE_CHOICES, resolve_device
 from models.training.labeller import PATTERNS, extract_findings
 from models.training.metrics import clinical_efficacy, corpus_bleu, macro_auc, meteor, rouge_l
@@ -113,6 +124,26 @@ def evaluate_entries(
     }
 
 
+def recall_ceiling(n: int, *, seed: int, matrix: int, slices: int) -> dict[str, dict[str, float]]:
+    """Per focal finding of `make_phantoms(n, seed)`: how many are planted, how many an ideal
+    observer could detect (`models.phantom.detectability`), and so the highest recall any
+    model can reach at high specificity."""
+    signals = [
+        s for i in range(n) for s in focal_signals(phantom_spec(i, seed=seed, matrix=matrix, slices=slices))
+    ]
+    out = {}
+    for key in sorted({s.key for s in signals}):
+        snrs = sorted(s.snr for s in signals if s.key == key)
+        detectable = sum(s >= ROSE_SNR for s in snrs)
+        out[key] = {
+            "positives": len(snrs),
+            "detectable": detectable,
+            "recall_ceiling": detectable / len(snrs),
+            "median_snr": snrs[len(snrs) // 2],
+        }
+    return out
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -127,11 +158,13 @@ def print_table(model: str, result: dict[str, Any]) -> None:
         f"  findings AUC  {_fmt(result['findings_auc'])}  "
         f"(head F1 at 0.5: {_fmt(result['findings_head_f1'])})"
     )
+    ceiling = result.get("recall_ceiling") or {}
     for key, values in result["ce_per_label"].items():
         auc = result["findings_auc_per_label"].get(key)
+        limit = f"  (ideal observer: R {ceiling[key]['recall_ceiling']:.3f})" if key in ceiling else ""
         print(
             f"    {key:<18} F1 {values['f1']:.3f}  P {values['precision']:.3f}  R {values['recall']:.3f}  "
-            f"positives {int(values['positives'])}  AUC {_fmt(auc)}"
+            f"positives {int(values['positives'])}  AUC {_fmt(auc)}{limit}"
         )
     for example in result["examples"]:
         print("  reference:", " ".join(example["reference"].split()))
@@ -190,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with_meteor=not args.no_meteor,
                 progress=not args.json,
             )
+            if args.phantoms:
+                result["recall_ceiling"] = recall_ceiling(
+                    args.phantoms, seed=args.seed, matrix=args.matrix, slices=args.slices
+                )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

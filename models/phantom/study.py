@@ -83,7 +83,7 @@ class GeneratedStudy:
         return [ds for s in self.series for ds in s.datasets]
 
 
-class _Builder:
+class StudyBuilder:
     """Generation state of one study: anatomy, context, plan and a raster cache."""
 
     def __init__(self, spec: PhantomSpec) -> None:
@@ -121,6 +121,16 @@ class _Builder:
         return self._rasters[key]
 
     # -- rendering ----------------------------------------------------------------------
+    def contrast(self, phase: str | None, sequence: str | None, b_value: int = 0) -> tuple[np.ndarray, float]:
+        """Tissue values (index = label) of one view and the standard deviation of its noise."""
+        noise = self.spec.noise
+        if self.spec.modality == "CT":
+            return ct_table(phase or "venous"), CT_SIGMA_HU * noise
+        if sequence == "adc":
+            return mr_table("adc"), ADC_SIGMA * noise
+        table = mr_table("dwi", b_value=b_value) if sequence == "dwi" else mr_table(str(sequence))
+        return table, MR_SIGMA * noise
+
     def _volume(
         self,
         raster: Raster,
@@ -129,15 +139,10 @@ class _Builder:
         rng: np.random.Generator,
         b_value: int = 0,
     ) -> np.ndarray:
-        noise = self.spec.noise
+        table, sigma = self.contrast(phase, sequence, b_value)
         if self.spec.modality == "CT":
-            return stored_volume(
-                raster, ct_table(phase or "venous"), sigma=CT_SIGMA_HU * noise, rng=rng, offset=CT_OFFSET
-            )
-        if sequence == "adc":
-            return stored_volume(raster, mr_table("adc"), sigma=ADC_SIGMA * noise, rng=rng)
-        table = mr_table("dwi", b_value=b_value) if sequence == "dwi" else mr_table(str(sequence))
-        return stored_volume(raster, table, sigma=MR_SIGMA * noise, rng=rng, rician=True)
+            return stored_volume(raster, table, sigma=sigma, rng=rng, offset=CT_OFFSET)
+        return stored_volume(raster, table, sigma=sigma, rng=rng, rician=sequence != "adc")
 
     def _image_attributes(self, plan: SeriesPlan, grid_fov: float, volume: np.ndarray) -> dict[str, Any]:
         start = tm(self.ctx.study_start_s + self.contrast_start)
@@ -329,7 +334,7 @@ class _Builder:
 
 def generate_study(spec: PhantomSpec) -> GeneratedStudy:
     """Render every series of ``spec`` in memory (no disk I/O)."""
-    builder = _Builder(spec)
+    builder = StudyBuilder(spec)
     series = tuple(builder.iter_series())
     truth = builder.study_truth([s.truth for s in series])
     return GeneratedStudy(spec=spec, truth=truth, series=series)
@@ -344,7 +349,7 @@ def write_study(study: GeneratedStudy | PhantomSpec, out_dir: str | Path) -> Stu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(study, PhantomSpec):
-        builder = _Builder(study)
+        builder = StudyBuilder(study)
         truths = []
         for series in builder.iter_series():
             write_datasets(series.datasets, out / series.truth.folder)

@@ -15,11 +15,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from models.msvlm.processing_msvlm import MsVlmBatch, MsVlmProcessor, ViewInput
+
+if TYPE_CHECKING:
+    from models.phantom import PhantomSpec
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,20 @@ def _subset(rng: np.random.Generator, options: Sequence[str], low: int, high: in
     return tuple(option for i, option in enumerate(options) if i in chosen)
 
 
+def phantom_spec(
+    index: int, *, seed: int, matrix: int = 64, slices: int = 24, modalities: Sequence[str] = ("CT", "MR")
+) -> PhantomSpec:
+    """The spec of study `index` of `make_phantoms(..., seed=seed)`: its findings, planes and phases."""
+    from models.phantom import dataset_spec
+
+    spec = dataset_spec(index, seed=seed, modalities=modalities, matrix=matrix, slices=slices)
+    rng = np.random.default_rng([seed, index, 11])
+    planes = _subset(rng, CT_PLANES, 1, 2)
+    if spec.modality == "CT":
+        return replace(spec, planes=planes, phases=_subset(rng, CT_PHASES, 1, 3))
+    return replace(spec, planes=planes, sequences=_subset(rng, MR_SEQUENCES, 2, 3))
+
+
 def make_phantoms(
     out_dir: str | Path,
     n_studies: int,
@@ -58,7 +76,7 @@ def make_phantoms(
     CT phases / MR sequences, so the model sees 1 to 6 views per study in many
     combinations (as the node delivers them) and each study stays cheap to train on.
     """
-    from models.phantom import dataset_spec, write_study
+    from models.phantom import write_study
 
     if n_studies < 1:
         raise DatasetError("n_studies must be >= 1")
@@ -66,13 +84,7 @@ def make_phantoms(
     out.mkdir(parents=True, exist_ok=True)
     lines = []
     for index in range(n_studies):
-        spec = dataset_spec(index, seed=seed, modalities=modalities, matrix=matrix, slices=slices)
-        rng = np.random.default_rng([seed, index, 11])
-        planes = _subset(rng, CT_PLANES, 1, 2)
-        if spec.modality == "CT":
-            spec = replace(spec, planes=planes, phases=_subset(rng, CT_PHASES, 1, 3))
-        else:
-            spec = replace(spec, planes=planes, sequences=_subset(rng, MR_SEQUENCES, 2, 3))
+        spec = phantom_spec(index, seed=seed, matrix=matrix, slices=slices, modalities=modalities)
         folder = f"{index:05d}_{spec.modality.lower()}"
         truth = write_study(spec, out / folder)
         lines.append(json.dumps({"study": folder, "report": truth.full_report, "labels": truth.labels}))

@@ -156,3 +156,16 @@ def test_evaluate_cli_prints_one_json_object(tmp_path: Path, tokenizer: PreTrain
     for key in ("bleu4", "meteor", "rouge_l", "ce_precision", "ce_recall", "ce_f1", "findings_auc", "n"):
         assert key in result
     assert result["n"] == 2
+
+
+def test_recall_ceiling_counts_the_planted_focal_findings(tmp_path: Path) -> None:
+    make_phantoms(tmp_path, 6, seed=4, matrix=32, slices=12)
+    truths = [
+        json.loads((folder / "truth.json").read_text())["labels"] for folder in sorted(tmp_path.glob("0*"))
+    ]
+    ceiling = evaluate.recall_ceiling(6, seed=4, matrix=32, slices=12)
+    assert ceiling, "six studies plant at least one focal finding"
+    for key, row in ceiling.items():
+        assert row["positives"] == sum(t.get(key) == 1 for t in truths)
+        assert 0 <= row["detectable"] <= row["positives"]
+        assert row["recall_ceiling"] == row["detectable"] / row["positives"]
