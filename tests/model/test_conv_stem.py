@@ -90,3 +90,19 @@ def test_dino_teacher_keeps_its_own_batch_norm_statistics(
     stem = teacher.embeddings.patch_embeddings.projection
     assert float(stem[1].running_mean.abs().sum()) > 0
     assert all(loss == loss for loss in losses)  # finite
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_channels_last_layout_computes_what_the_default_layout_does(train: bool) -> None:
+    """The stem runs channels-last for speed; outputs and gradients are those of the plain stack."""
+    torch.manual_seed(0)
+    stem = ConvStem(3, 64, 8).train(train)
+    pixels = torch.randn(6, 3, 32, 32, requires_grad=True)
+    fast = stem(pixels)
+    fast_grad = torch.autograd.grad(fast.square().sum(), pixels)[0]
+    stem.train(train)  # batch norm's running statistics moved; the outputs under test do not use them
+    plain = torch.nn.Sequential.forward(stem, pixels)
+    plain_grad = torch.autograd.grad(plain.square().sum(), pixels)[0]
+    assert fast.is_contiguous() and fast.shape == (6, 64, 4, 4)
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert torch.allclose(fast_grad, plain_grad, atol=1e-4)
