@@ -97,12 +97,12 @@ class StageLog:
 
 
 #: the baseline's findings stage at the demo size: 4 passes over 900 studies from the pixels
-#: took 15.1 min on 2 CPU cores, its whole recipe 31.3 min against MS-VLM's 27.7
+#: took 15.1 min on 2 CPU cores, its whole recipe 31.3 min against MS-VLM's 32.8
 BASELINE_DEMO_FINDINGS = StageSettings(epochs=4, lr=1e-3, batch_size=8, weight_decay=0.05)
 
 
 def schedule_for(preset: str, *, baseline: bool = False) -> Schedule:
-    """Budgets: "tiny" for tests (seconds), "demo" for ~30 min on 2 CPU cores, "full" for GPUs.
+    """Budgets: "tiny" for tests (seconds), "demo" for about 30 min on 2 CPU cores (33), "full" for GPUs.
 
     The baseline shares every stage's settings except, at the demo size, its findings
     stage: learning from pixels costs it what MS-VLM's cached features do not, and the
@@ -142,7 +142,9 @@ def _msvlm_schedule(preset: str) -> Schedule:
             lm_warmup=StageSettings(epochs=5, lr=1e-3, batch_size=16),
             align=StageSettings(epochs=4, lr=1e-3, batch_size=8),
             tune=StageSettings(epochs=10, lr=5e-4, batch_size=8, encoder_lr_scale=4.0),
-            slice_findings=StageSettings(epochs=1, lr=1e-3, batch_size=32),
+            # two passes, not one: per study, the slice head's maximum over a held-out study's
+            # slices rose from AUC 0.67 to 0.86 (nodule) and 0.62 to 0.85 (lymph nodes) with them
+            slice_findings=StageSettings(epochs=2, lr=1e-3, batch_size=32),
             findings=StageSettings(epochs=25, lr=1e-3, batch_size=16, weight_decay=0.05),
         )
     if preset == "full":
