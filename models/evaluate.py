@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from models.msvlm import ReportGenerator
-from models.phantom.detectability import ROSE_SNR, focal_signals
+from models.phantom.detectability import focal_signals
 from models.training.data import (
     DatasetError,
     IndexEntry,
@@ -133,13 +133,13 @@ def recall_ceiling(n: int, *, seed: int, matrix: int, slices: int) -> dict[str, 
     ]
     out = {}
     for key in sorted({s.key for s in signals}):
-        snrs = sorted(s.snr for s in signals if s.key == key)
-        detectable = sum(s >= ROSE_SNR for s in snrs)
+        mine = sorted((s for s in signals if s.key == key), key=lambda s: s.snr)
+        detectable = sum(s.detectable for s in mine)
         out[key] = {
-            "positives": len(snrs),
+            "positives": len(mine),
             "detectable": detectable,
-            "recall_ceiling": detectable / len(snrs),
-            "median_snr": snrs[len(snrs) // 2],
+            "recall_ceiling": detectable / len(mine),
+            "median_snr": mine[len(mine) // 2].snr,
         }
     return out
 
