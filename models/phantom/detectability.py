@@ -59,21 +59,23 @@ def focal_signals(spec: PhantomSpec) -> list[FindingSignal]:
     """
     builder = StudyBuilder(spec)
     planted = {finding.key for finding in builder.anatomy.findings} & FOCAL_TISSUES.keys()
-    out = []
-    for key in sorted(planted):
-        tissue = int(FOCAL_TISSUES[key])
-        best = FindingSignal(key=key, snr=0.0, view="")
-        for plan in builder.plans:
-            if plan.kind != "view":
-                continue
-            _, raster = builder.raster(str(plan.plane))
-            without = Raster(labels=raster.labels, soft=tuple(p for p in raster.soft if p.tissue != tissue))
-            b_values = spec.b_values if plan.sequence == "dwi" else (0,)
-            for b_value in b_values:
-                table, sigma = builder.contrast(plan.phase, plan.sequence, b_value)
-                difference = compose(raster, table) - compose(without, table)
+    best = {key: FindingSignal(key=key, snr=0.0, view="") for key in sorted(planted)}
+    for plan in builder.plans:
+        if plan.kind != "view" or not best:
+            continue
+        _, raster = builder.raster(str(plan.plane))
+        for b_value in spec.b_values if plan.sequence == "dwi" else (0,):
+            table, sigma = builder.contrast(plan.phase, plan.sequence, b_value)
+            whole = compose(raster, table)
+            for key in best:
+                tissue = int(FOCAL_TISSUES[key])
+                without = Raster(
+                    labels=raster.labels, soft=tuple(p for p in raster.soft if p.tissue != tissue)
+                )
+                difference = whole - compose(without, table)
                 snr = float(np.sqrt(np.square(difference, dtype=np.float64).sum())) / max(sigma, 1e-9)
-                if snr > best.snr:
-                    best = FindingSignal(key=key, snr=snr, view=f"{plan.plane} {plan.phase or plan.sequence}")
-        out.append(best)
-    return out
+                if snr > best[key].snr:
+                    best[key] = FindingSignal(
+                        key=key, snr=snr, view=f"{plan.plane} {plan.phase or plan.sequence}"
+                    )
+    return list(best.values())
