@@ -24,7 +24,7 @@ fi
 PYTHON="${PYTHON:-python3}"
 # The CPU build of PyTorch first: a bare `torch` requirement could pull a multi-GB CUDA build.
 "$PYTHON" -m pip install --quiet "torch==2.13.0"
-"$PYTHON" -m pip install --quiet -e ".[dev,lora]"
+"$PYTHON" -m pip install --quiet -e ".[dev,lora,eval]"
 # pyenv installs console scripts behind shims that only appear after a rehash
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 echo "bootstrap: done"
