@@ -17,7 +17,7 @@ as cardiomegaly or an effusion is large by construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -79,3 +79,20 @@ def focal_signals(spec: PhantomSpec) -> list[FindingSignal]:
                         key=key, snr=snr, view=f"{plan.plane} {plan.phase or plan.sequence}"
                     )
     return list(best.values())
+
+
+def without_invisible_findings(spec: PhantomSpec) -> PhantomSpec:
+    """`spec` less every focal finding that no view of the study shows (best SNR below Rose).
+
+    Why: a report states what its reader sees. A finding planted under the noise (an 8 mm
+    liver lesion in a study without an arterial phase) yet named in the report and labels
+    teaches a model to guess and caps every model's recall on it below 1, so the training
+    and held-out sets are made of studies whose labels are visible. Removing a finding can
+    move the others (the anatomy draws their places from one random stream), so this repeats
+    until every remaining one is visible.
+    """
+    while True:
+        hidden = {signal.key for signal in focal_signals(spec) if not signal.detectable}
+        if not hidden:
+            return spec
+        spec = replace(spec, findings=tuple(f for f in spec.findings if f.key not in hidden))

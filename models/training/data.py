@@ -49,15 +49,22 @@ def _subset(rng: np.random.Generator, options: Sequence[str], low: int, high: in
 def phantom_spec(
     index: int, *, seed: int, matrix: int = 64, slices: int = 24, modalities: Sequence[str] = ("CT", "MR")
 ) -> PhantomSpec:
-    """The spec of study `index` of `make_phantoms(..., seed=seed)`: its findings, planes and phases."""
+    """The spec of study `index` of `make_phantoms(..., seed=seed)`: its findings, planes and phases.
+
+    Only findings its views show are kept (`without_invisible_findings`): the labels and
+    report of a training or held-out study say what a reader of its pixels could see.
+    """
     from models.phantom import dataset_spec
+    from models.phantom.detectability import without_invisible_findings
 
     spec = dataset_spec(index, seed=seed, modalities=modalities, matrix=matrix, slices=slices)
     rng = np.random.default_rng([seed, index, 11])
     planes = _subset(rng, CT_PLANES, 1, 2)
     if spec.modality == "CT":
-        return replace(spec, planes=planes, phases=_subset(rng, CT_PHASES, 1, 3))
-    return replace(spec, planes=planes, sequences=_subset(rng, MR_SEQUENCES, 2, 3))
+        spec = replace(spec, planes=planes, phases=_subset(rng, CT_PHASES, 1, 3))
+    else:
+        spec = replace(spec, planes=planes, sequences=_subset(rng, MR_SEQUENCES, 2, 3))
+    return without_invisible_findings(spec)
 
 
 def make_phantoms(

@@ -169,3 +169,4 @@ def test_recall_ceiling_counts_the_planted_focal_findings(tmp_path: Path) -> Non
         assert row["positives"] == sum(t.get(key) == 1 for t in truths)
         assert 0 <= row["detectable"] <= row["positives"]
         assert row["recall_ceiling"] == row["detectable"] / row["positives"]
+        assert row["recall_ceiling"] == 1.0  # make_phantoms keeps only the findings its views show

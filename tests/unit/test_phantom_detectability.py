@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models.phantom import Finding, PhantomSpec
-from models.phantom.detectability import ROSE_SNR, focal_signals
+from models.phantom import Finding, PhantomSpec, dataset_spec
+from models.phantom.detectability import ROSE_SNR, focal_signals, without_invisible_findings
 from models.training.data import make_phantoms, phantom_spec
 
 BASE = PhantomSpec(modality="CT", planes=("axial",), phases=("venous",), matrix=64, slices=24, seed=7)
@@ -51,3 +51,27 @@ def test_phantom_spec_is_the_spec_make_phantoms_writes(tmp_path: Path) -> None:
     for index, folder in enumerate(folders):
         written = json.loads((folder / "truth.json").read_text())["spec"]
         assert phantom_spec(index, seed=5, matrix=16, slices=8).to_dict() == written
+
+
+def test_an_invisible_finding_is_dropped_and_the_visible_ones_kept() -> None:
+    # SNR 1.3 in the venous phase, 8.7 in the arterial
+    lesion = Finding("liver_lesion", {"size_mm": 14, "location": "right lobe"})
+    nodule = Finding("lung_nodule", {"size_mm": 12, "lobe": "left lower lobe"})
+    spec = replace(BASE, findings=(lesion, nodule, Finding("cardiomegaly", {})))
+    kept = without_invisible_findings(spec)
+    assert [f.key for f in kept.findings] == ["lung_nodule", "cardiomegaly"]
+    assert kept == replace(spec, findings=(nodule, Finding("cardiomegaly", {})))
+    with_arterial = replace(spec, phases=("arterial", "venous"))
+    assert without_invisible_findings(with_arterial) == with_arterial
+
+
+def test_training_and_held_out_phantoms_label_only_what_their_views_show() -> None:
+    dropped = 0
+    for index in range(40):
+        spec = phantom_spec(index, seed=1)
+        assert all(signal.detectable for signal in focal_signals(spec)), index
+        sampled = {f.key for f in dataset_spec(index, seed=1, slices=24).findings}
+        kept = {f.key for f in spec.findings}
+        assert kept <= sampled
+        dropped += len(sampled - kept)
+    assert dropped > 0, "seed 1 plants liver lesions that its venous-only studies cannot show"
