@@ -114,30 +114,40 @@ class FindingsHead(nn.Module):
 
     It reads the encoder output directly (not the LM), so findings are available even when
     the report text is not generated, and its loss trains the encoder with a dense signal.
+
+    Pooling: "mean" over the valid tokens; "attention", one learned softmax over them shared by
+    every finding; "per_finding", one softmax per finding, so each finding pools the slices that
+    show it (a nodule on two slices of one view, cardiomegaly across many) instead of all
+    findings competing for one pooled vector. Then a layer norm and, per finding, a linear read-out.
     """
+
+    POOLINGS = ("mean", "attention", "per_finding")
 
     def __init__(self, *, hidden_size: int, num_labels: int, pooling: str, eps: float) -> None:
         super().__init__()
-        if pooling not in ("mean", "attention"):
-            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
         self.pooling = pooling
-        self.attention_score = nn.Linear(hidden_size, 1) if pooling == "attention" else None
+        scores = {"mean": 0, "attention": 1, "per_finding": num_labels}[pooling]
+        self.attention_score = nn.Linear(hidden_size, scores) if scores else None
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
     def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Masked mean or attention pooling: (B, L, D), (B, L) -> (B, D)."""
-        weights = mask.to(tokens.dtype).unsqueeze(-1)
-        if self.attention_score is not None:
-            scores = (
-                self.attention_score(tokens).float().masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
-            )
-            weights = torch.softmax(scores, dim=1).nan_to_num(0.0).to(tokens.dtype)
-            return (weights * tokens).sum(dim=1)
-        return (weights * tokens).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        """(B, L, D), (B, L) -> (B, D) for mean and shared attention, (B, num_labels, D) per finding."""
+        if self.attention_score is None:
+            weights = mask.to(tokens.dtype).unsqueeze(-1)
+            return (weights * tokens).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        scores = self.attention_score(tokens).float().masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
+        weights = torch.softmax(scores, dim=1).nan_to_num(0.0).to(tokens.dtype)  # (B, L, S)
+        pooled = torch.einsum("bls,bld->bsd", weights, tokens)
+        return pooled.squeeze(1) if self.pooling == "attention" else pooled
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.norm(self.pool(tokens, mask)))
+        pooled = self.norm(self.pool(tokens, mask))
+        if self.pooling != "per_finding":
+            return self.classifier(pooled)
+        return (pooled * self.classifier.weight).sum(dim=-1) + self.classifier.bias
 
 
 class FindingsPrompt(nn.Module):

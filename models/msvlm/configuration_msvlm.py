@@ -95,7 +95,7 @@ class ReportModelConfig(PreTrainedConfig):
     resampler_hidden_size: int = 768
     resampler_layers: int = 2
     resampler_heads: int = 8
-    findings_pooling: Literal["mean", "attention"] = "mean"
+    findings_pooling: Literal["mean", "attention", "per_finding"] = "mean"
     findings_loss_weight: int | float = 1.0
     #: append one LM input token per finding after the visual tokens, made from the findings
     #: head's probability (`bridge.FindingsPrompt`), so the narrative states what the coded
@@ -160,7 +160,8 @@ class ReportModelConfig(PreTrainedConfig):
             "resampler", self.resampler_hidden_size, self.resampler_heads, self.resampler_layers
         )
         _require(
-            self.findings_pooling in ("mean", "attention"), "findings_pooling must be 'mean' or 'attention'"
+            self.findings_pooling in ("mean", "attention", "per_finding"),
+            "findings_pooling must be 'mean', 'attention' or 'per_finding'",
         )
         _require(self.findings_loss_weight >= 0, "findings_loss_weight must be >= 0")
         _require(self.image_size > 0, f"image_size must be positive, got {self.image_size}")

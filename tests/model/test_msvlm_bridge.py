@@ -44,7 +44,7 @@ def test_resampler_survives_a_fully_masked_study() -> None:
     assert bool(torch.isfinite(out).all())
 
 
-@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "attention", "per_finding"])
 def test_findings_head_pools_only_valid_tokens(pooling: str) -> None:
     torch.manual_seed(0)
     head = FindingsHead(hidden_size=16, num_labels=3, pooling=pooling, eps=1e-6).eval()
@@ -59,6 +59,27 @@ def test_findings_head_pools_only_valid_tokens(pooling: str) -> None:
     assert bool(torch.isfinite(empty).all())
     with pytest.raises(ValueError, match="pooling"):
         FindingsHead(hidden_size=16, num_labels=3, pooling="max", eps=1e-6)
+
+
+def test_per_finding_pooling_lets_each_finding_attend_to_its_own_token() -> None:
+    """Token 0 carries finding 0's direction and token 1 finding 1's: with per-finding scores
+    each logit reads its own token, where one shared softmax has to split its weight."""
+    head = FindingsHead(hidden_size=4, num_labels=2, pooling="per_finding", eps=1e-6).eval()
+    assert head.attention_score is not None
+    tokens = torch.tensor([[[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0]]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    with torch.no_grad():
+        head.attention_score.weight.copy_(torch.tensor([[20.0, 0, 0, 0], [0, 0, 20.0, 0]]))
+        head.attention_score.bias.zero_()
+        head.classifier.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]]))
+        head.classifier.bias.zero_()
+        pooled = head.pool(tokens, mask)
+        logits = head(tokens, mask)
+    assert pooled.shape == (1, 2, 4)
+    assert torch.allclose(pooled[0, 0], tokens[0, 0], atol=1e-6)
+    assert torch.allclose(pooled[0, 1], tokens[0, 1], atol=1e-6)
+    expected = torch.stack([head.norm(tokens[0, 0])[0], head.norm(tokens[0, 1])[2]])
+    assert torch.allclose(logits[0], expected, atol=1e-5)
 
 
 def test_findings_loss_skips_unannotated_labels() -> None:
