@@ -1,9 +1,9 @@
 """Named MS-VLM sizes.
 
 * "tiny": unit tests on CPU, seconds per test.
-* "demo": trainable on 2 CPU cores in about 30 minutes (32.8 today) (64x64 slices, small word-level LM,
-  a convolutional stem in the ViT and finding tokens for the LM; see `conv_stem` and
-  `bridge.FindingsPrompt`).
+* "demo": trainable on 2 CPU cores in about 30 minutes (32.8 on 2 Intel cores, 37.8 on 2 AMD
+  EPYC cores) (64x64 slices, small word-level LM, a convolutional stem in the ViT and finding
+  tokens for the LM; see `conv_stem` and `bridge.FindingsPrompt`).
 * "full": paper scale (ViT-B/16 at 224, BigBird Z-former, 32 latents, Llama-3.2-1B-style LM);
   only built with random weights, for GPU memory and speed measurements.
 

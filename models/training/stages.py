@@ -102,7 +102,7 @@ BASELINE_DEMO_FINDINGS = StageSettings(epochs=4, lr=1e-3, batch_size=8, weight_d
 
 
 def schedule_for(preset: str, *, baseline: bool = False) -> Schedule:
-    """Budgets: "tiny" for tests (seconds), "demo" for about 30 min on 2 CPU cores (33), "full" for GPUs.
+    """Budgets: "tiny" for tests (seconds), "demo" for about 30 min on 2 CPU cores (33-38), "full" for GPUs.
 
     The baseline shares every stage's settings except, at the demo size, its findings
     stage: learning from pixels costs it what MS-VLM's cached features do not, and the
