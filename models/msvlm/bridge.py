@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_msvlm import FINDINGS_POOLINGS
+
 
 class PerceiverBlock(nn.Module):
     """One cross-attention + feed-forward block of the resampler (pre-norm).
@@ -121,12 +123,10 @@ class FindingsHead(nn.Module):
     findings competing for one pooled vector. Then a layer norm and, per finding, a linear read-out.
     """
 
-    POOLINGS = ("mean", "attention", "per_finding")
-
     def __init__(self, *, hidden_size: int, num_labels: int, pooling: str, eps: float) -> None:
         super().__init__()
-        if pooling not in self.POOLINGS:
-            raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
+        if pooling not in FINDINGS_POOLINGS:
+            raise ValueError(f"pooling must be one of {FINDINGS_POOLINGS}, got {pooling!r}")
         self.pooling = pooling
         scores = {"mean": 0, "attention": 1, "per_finding": num_labels}[pooling]
         self.attention_score = nn.Linear(hidden_size, scores) if scores else None

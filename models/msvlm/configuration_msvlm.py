@@ -21,6 +21,9 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .conv_stem import supports_patch_size
 
+#: how the findings head pools the visual tokens (`bridge.FindingsHead`)
+FINDINGS_POOLINGS = ("mean", "attention", "per_finding")
+
 #: Lung, mediastinum and bone windows as (width, level) in HU, one per input channel.
 DEFAULT_CT_WINDOWS: tuple[tuple[float, float], ...] = ((1500.0, -600.0), (400.0, 40.0), (2000.0, 500.0))
 
@@ -95,6 +98,7 @@ class ReportModelConfig(PreTrainedConfig):
     resampler_hidden_size: int = 768
     resampler_layers: int = 2
     resampler_heads: int = 8
+    #: one of `FINDINGS_POOLINGS` (see `bridge.FindingsHead`)
     findings_pooling: Literal["mean", "attention", "per_finding"] = "mean"
     findings_loss_weight: int | float = 1.0
     #: append one LM input token per finding after the visual tokens, made from the findings
@@ -160,8 +164,8 @@ class ReportModelConfig(PreTrainedConfig):
             "resampler", self.resampler_hidden_size, self.resampler_heads, self.resampler_layers
         )
         _require(
-            self.findings_pooling in ("mean", "attention", "per_finding"),
-            "findings_pooling must be 'mean', 'attention' or 'per_finding'",
+            self.findings_pooling in FINDINGS_POOLINGS,
+            f"findings_pooling must be one of {FINDINGS_POOLINGS}, got {self.findings_pooling!r}",
         )
         _require(self.findings_loss_weight >= 0, "findings_loss_weight must be >= 0")
         _require(self.image_size > 0, f"image_size must be positive, got {self.image_size}")

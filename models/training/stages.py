@@ -97,7 +97,7 @@ class StageLog:
 
 
 #: the baseline's findings stage at the demo size: 4 passes over 900 studies from the pixels
-#: took 15.1 min on 2 CPU cores, its whole recipe 31.3 min against MS-VLM's 32.8
+#: took 17.2 min on 2 AMD EPYC cores, its whole recipe 35.9 min against MS-VLM's 37.8
 BASELINE_DEMO_FINDINGS = StageSettings(epochs=4, lr=1e-3, batch_size=8, weight_decay=0.05)
 
 
