@@ -13,7 +13,7 @@ instead, so both models take the same processor inputs and share the same head c
 from __future__ import annotations
 
 import string
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, BigBirdConfig, PreTrainedConfig, ViTConfig
@@ -22,7 +22,8 @@ from transformers.configuration_utils import SubConfigSpec
 from .conv_stem import supports_patch_size
 
 #: how the findings head pools the visual tokens (`bridge.FindingsHead`)
-FINDINGS_POOLINGS = ("mean", "attention", "per_finding")
+FindingsPooling = Literal["mean", "attention", "per_finding"]
+FINDINGS_POOLINGS: tuple[str, ...] = get_args(FindingsPooling)
 
 #: Lung, mediastinum and bone windows as (width, level) in HU, one per input channel.
 DEFAULT_CT_WINDOWS: tuple[tuple[float, float], ...] = ((1500.0, -600.0), (400.0, 40.0), (2000.0, 500.0))
@@ -98,8 +99,7 @@ class ReportModelConfig(PreTrainedConfig):
     resampler_hidden_size: int = 768
     resampler_layers: int = 2
     resampler_heads: int = 8
-    #: one of `FINDINGS_POOLINGS` (see `bridge.FindingsHead`)
-    findings_pooling: Literal["mean", "attention", "per_finding"] = "mean"
+    findings_pooling: FindingsPooling = "mean"
     findings_loss_weight: int | float = 1.0
     #: append one LM input token per finding after the visual tokens, made from the findings
     #: head's probability (`bridge.FindingsPrompt`), so the narrative states what the coded
