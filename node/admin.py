@@ -146,8 +146,11 @@ def show_job(session: Session, job_id: int) -> dict[str, Any]:
     }
 
 
-def retry_job(session: Session, job_id: int, *, actor: str) -> None:
-    """Send a finished (or failed) job back to pending, with a fresh attempt budget."""
+def retry_job(session: Session, job_id: int, *, actor: str) -> JobState:
+    """Send a finished (or failed) job back to pending, with a fresh attempt budget.
+
+    Returns the state it had, for the caller's log line and answer.
+    """
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
@@ -163,6 +166,7 @@ def retry_job(session: Session, job_id: int, *, actor: str) -> None:
         detail="retry requested",
         values={"attempts": 0, "error": None, "worker": None, "started_at": None, "finished_at": None},
     )
+    return state
 
 
 def list_studies(

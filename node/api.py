@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from node import admin
 from node.admin import NotFound
-from node.api_ledger import cancel_job, job_state, list_associations, list_deliveries, parse_since, readiness
+from node.api_ledger import cancel_job, list_associations, list_deliveries, parse_since, readiness
 from node.api_models import (
     AssociationOut,
     DeliveryOut,
@@ -137,26 +137,28 @@ class AuthMiddleware:
         if token is not None:  # a header is meant: a wrong one is refused, never ignored
             actor = self.auth.actor_for_token(token)
             return (actor, 200, "") if actor else (None, 401, "invalid token")
-        cookie = (
-            _cookie(headers, TOKEN_COOKIE)
-            if method in SAFE_METHODS and not path.startswith("/api/")
-            else None
-        )
+        changes = method not in SAFE_METHODS
+        origin = headers.get("origin")
+        cookie = _cookie(headers, TOKEN_COOKIE) if not path.startswith("/api/") else None
         if cookie is not None and (actor := self.auth.actor_for_token(cookie)) is not None:
+            # a page's form may change state only when the browser says it comes from this origin
+            if changes and not _same_origin(origin, headers):
+                return None, 403, "cross-origin state change refused"
             return actor, 200, ""
         if not (self.api.trust_loopback and is_loopback(client)):
             return None, 401, "invalid token" if cookie else "a bearer token is required"
         host = _hostname(headers.get("host", ""))
         if host not in self.loopback_hosts:
             return None, 403, "loopback requests must name a loopback host"
-        origin = headers.get("origin")
-        if (
-            method not in SAFE_METHODS
-            and origin is not None
-            and origin not in (f"http://{headers.get('host')}", f"https://{headers.get('host')}")
-        ):
+        if changes and origin is not None and not _same_origin(origin, headers):
             return None, 403, "cross-origin state change refused"
         return LOOPBACK_ACTOR, 200, ""
+
+
+def _same_origin(origin: str | None, headers: Headers) -> bool:
+    """The ``Origin`` a browser sent names the host it sent the request to."""
+    host = headers.get("host")
+    return origin is not None and origin in (f"http://{host}", f"https://{host}")
 
 
 def _hostname(host_header: str) -> str:
@@ -256,8 +258,7 @@ def create_app(
         who = requester(request)
         actor = f"api:{who.actor}"
         with audited(ctx.factory, who) as session:
-            previous = job_state(session, job_id)
-            admin.retry_job(session, job_id, actor=actor)
+            previous = admin.retry_job(session, job_id, actor=actor)
         log.info("api.job_retried", extra={"job": job_id, "actor": who.actor, "from_state": previous.value})
         return JobAction(id=job_id, state=JobState.PENDING.value, previous_state=previous.value, actor=actor)
 

@@ -6,16 +6,20 @@ through the same authentication middleware and the same audit as the API, and
 list pages never show patient names (only the study and job pages do).
 
 Browsers cannot send a bearer header, so ``/login`` trades a token for an
-HttpOnly, SameSite=Strict cookie that only GET pages accept (never ``/api``),
-which leaves no cross-site request forgery surface.
+HttpOnly, SameSite=Strict cookie that pages accept (never ``/api``). The job
+page's Retry and Cancel buttons are plain form posts: the cookie authorises
+them only when the browser's ``Origin`` header names this very host (checked
+in ``node.api``), so another site, even a sibling on the same domain, cannot
+forge one. They are audited and recorded as job events like the API's.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
@@ -25,8 +29,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from node import admin
-from node.api_ledger import parse_since
-from node.audit import TOKEN_COOKIE, Authenticator, audited, requester
+from node.admin import NotFound
+from node.api_ledger import cancel_job, parse_since
+from node.audit import TOKEN_COOKIE, Authenticator, Requester, audited, requester
+from node.errors import NodeError
 from node.jobs import JobState
 from node.schema import Delivery, Job, Study
 
@@ -37,6 +43,17 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 COOKIE_MAX_AGE = 12 * 3600
+#: a job in one of these can be cancelled; in any other it can be retried
+UNFINISHED = frozenset({JobState.PENDING.value, JobState.RUNNING.value})
+#: what the job page says after a redirect from an action (fixed text, nothing reflected)
+DONE_NOTICES = {
+    "retried": "Sent back to pending with a fresh attempt budget.",
+    "cancelled": "Cancelled. A worker still running it drops its result.",
+}
+
+
+class JobAction(Protocol):
+    def __call__(self, session: Session, job_id: int, *, actor: str) -> JobState: ...
 
 
 def _seconds(value: float | None) -> str:
@@ -138,7 +155,44 @@ def dashboard_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: int) -> HTMLResponse:
-        with audited(ctx.factory, requester(request)) as session:
+        notice = DONE_NOTICES.get(request.query_params.get("done", ""))
+        return job_view(request, requester(request), job_id, notice=notice)
+
+    @router.post("/jobs/{job_id}/retry", response_class=HTMLResponse)
+    def retry(request: Request, job_id: int) -> Response:
+        return act(request, job_id, "retried", admin.retry_job)
+
+    @router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
+    def cancel(request: Request, job_id: int) -> Response:
+        return act(request, job_id, "cancelled", cancel_job)
+
+    def act(request: Request, job_id: int, done: str, action: JobAction) -> Response:
+        """Apply a job action with its audit entry; back to the job page, or why it was refused."""
+        who = requester(request)
+        try:
+            with audited(ctx.factory, who) as session:
+                previous = action(session, job_id, actor=f"dashboard:{who.actor}")
+        except NotFound:
+            raise
+        except NodeError as exc:
+            # the refusal has its own audit entry (409); the page shown with it is a read of the job
+            read = replace(who, method="GET", path=f"/jobs/{job_id}")
+            return job_view(request, read, job_id, error=str(exc), status=409)
+        log.info(
+            f"dashboard.job_{done}", extra={"job": job_id, "actor": who.actor, "from_state": previous.value}
+        )
+        return RedirectResponse(f"/jobs/{job_id}?done={done}", status_code=303)
+
+    def job_view(
+        request: Request,
+        who: Requester,
+        job_id: int,
+        *,
+        notice: str | None = None,
+        error: str | None = None,
+        status: int = 200,
+    ) -> HTMLResponse:
+        with audited(ctx.factory, who) as session:
             job = admin.show_job(session, job_id)
             row = session.get(Job, job_id)
             delivered = session.execute(
@@ -163,7 +217,17 @@ def dashboard_router(ctx: ApiContext) -> APIRouter:
                     "description": study.study_description,
                 }
             )
-        return page(request, "job.jinja2", job=job, patient=patient, timeline=steps)
+        return page(
+            request,
+            "job.jinja2",
+            status,
+            job=job,
+            patient=patient,
+            timeline=steps,
+            notice=notice,
+            action_error=error,
+            retryable=job["state"] not in UNFINISHED,
+        )
 
     @router.get("/studies", response_class=HTMLResponse)
     def studies_page(request: Request, since: str | None = None) -> HTMLResponse:

@@ -17,13 +17,23 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
 from node.api import start_api
+from node.audit import token_id
 from node.config import Settings
 from node.db import create_db_engine, session_factory, upgrade
 from node.jobs import JobState, claim_next, transition
-from node.schema import Delivery, Result, utcnow
-from tests.integration.test_api import IMPRESSION, REPORT, Ledger, make_settings, seed_job, seed_study
+from node.schema import Delivery, Job, JobEvent, Result, utcnow
+from tests.integration.test_api import (
+    IMPRESSION,
+    REPORT,
+    TOKEN,
+    Ledger,
+    make_settings,
+    seed_job,
+    seed_study,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +95,63 @@ def test_pages_filters_colours_refresh_and_no_names_in_lists(ledger: Ledger) -> 
     assert "slices missing" in client.get(f"/jobs/{failed}").text
     assert client.get("/jobs/999999").status_code == 404
     assert ledger.remote().get(f"/jobs/{done}").status_code == 401
+
+
+def _state_and_last_event(ledger: Ledger, job_id: int) -> tuple[str, str]:
+    with ledger.factory() as session:
+        state = session.execute(select(Job.state).where(Job.id == job_id)).scalar_one()
+        actor = session.execute(
+            select(JobEvent.actor).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()).limit(1)
+        ).scalar_one()
+    return state, actor
+
+
+def test_job_page_retry_and_cancel_buttons_are_same_origin_audited_form_posts(ledger: Ledger) -> None:
+    manifest = seed_study(ledger.factory, "1.2.7.2", accession="ACC-D2")
+    failed = seed_job(ledger.factory, manifest, to=JobState.FAILED)
+    pending = seed_job(ledger.factory, manifest, to=None, model_version="2")
+    here = {"Origin": "http://127.0.0.1:8080"}
+    browser = ledger.local(follow_redirects=False)
+
+    page = browser.get(f"/jobs/{failed}").text
+    assert f'action="/jobs/{failed}/retry"' in page and "/cancel" not in page
+    assert f'action="/jobs/{pending}/cancel"' in browser.get(f"/jobs/{pending}").text
+
+    retried = browser.post(f"/jobs/{failed}/retry", headers=here)
+    assert retried.status_code == 303 and retried.headers["location"] == f"/jobs/{failed}?done=retried"
+    assert _state_and_last_event(ledger, failed) == ("pending", "dashboard:loopback")
+    assert "Sent back to pending" in browser.get(retried.headers["location"]).text
+
+    # a pending job cannot be retried: the page says why, and nothing changes
+    refused = browser.post(f"/jobs/{pending}/retry", headers=here)
+    assert refused.status_code == 409
+    assert "Refused: job" in refused.text and "only finished jobs can be retried" in refused.text
+    assert _state_and_last_event(ledger, pending) == ("pending", "settle")
+    cancelled = browser.post(f"/jobs/{pending}/cancel", headers=here)
+    assert cancelled.status_code == 303
+    assert _state_and_last_event(ledger, pending) == ("cancelled", "dashboard:loopback")
+    assert browser.post("/jobs/999999/cancel", headers=here).status_code == 404
+
+    # another site cannot forge the post, whether the browser is on the node or signed in remotely
+    evil, remote_here = {"Origin": "http://evil.example"}, {"Origin": "http://testserver"}
+    assert browser.post(f"/jobs/{pending}/retry", headers=evil).status_code == 403
+    signed_in = ledger.remote(cookies={"msvlm_token": TOKEN}, follow_redirects=False)
+    assert signed_in.post(f"/jobs/{pending}/retry").status_code == 403  # no Origin at all
+    assert signed_in.post(f"/jobs/{pending}/retry", headers=evil).status_code == 403
+    assert ledger.remote().post(f"/jobs/{pending}/retry", headers=remote_here).status_code == 401
+    assert _state_and_last_event(ledger, pending)[0] == "cancelled"
+    ok = signed_in.post(f"/jobs/{pending}/retry", headers=remote_here)
+    assert ok.status_code == 303
+    assert _state_and_last_event(ledger, pending) == ("pending", f"dashboard:{token_id(TOKEN)}")
+
+    posts = [(e.method, e.path, e.status) for e in ledger.audit() if e.method == "POST"]
+    assert posts == [
+        ("POST", f"/jobs/{failed}/retry", 200),
+        ("POST", f"/jobs/{pending}/retry", 409),
+        ("POST", f"/jobs/{pending}/cancel", 200),
+        ("POST", "/jobs/999999/cancel", 404),
+        ("POST", f"/jobs/{pending}/retry", 200),
+    ]
 
 
 def _chromium() -> str:
