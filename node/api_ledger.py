@@ -96,6 +96,7 @@ def list_associations(
             "started_at": iso(a.started_at),
             "ended_at": iso(a.ended_at),
             "outcome": a.outcome,
+            "rejection_code": a.rejection_code,
             "rejection_reason": a.rejection_reason,
             "instances_received": a.instances_received,
             "instances_failed": a.instances_failed,

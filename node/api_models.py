@@ -177,6 +177,7 @@ class AssociationOut(_Out):
     started_at: str | None
     ended_at: str | None
     outcome: str
+    rejection_code: str | None
     rejection_reason: str | None
     instances_received: int
     instances_failed: int

@@ -514,6 +514,7 @@ class Indexer:
         port: int,
         tls: bool,
         outcome: str = "open",
+        rejection_code: str | None = None,
         rejection_reason: str | None = None,
     ) -> int:
         with self.write_lock.held(), self.factory() as session, session.begin():
@@ -526,6 +527,7 @@ class Indexer:
                 receiver=receiver_identity(),
                 started_at=utcnow(),
                 outcome=outcome,
+                rejection_code=rejection_code,
                 rejection_reason=rejection_reason,
                 ended_at=utcnow() if outcome == "rejected" else None,
             )

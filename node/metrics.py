@@ -89,15 +89,12 @@ def seconds_between(later: Any, earlier: Any, dialect: str) -> ColumnElement[flo
     return (func.julianday(later) - func.julianday(earlier)) * 86400.0
 
 
-def rejection_kind(reason: Any) -> ColumnElement[str]:
-    """A bounded label for node.receive's free-text rejection reasons (they name AEs and hosts)."""
+def rejection_label() -> ColumnElement[str]:
+    """The association's rejection code; "" when it was not rejected, "other" for a code-less rejection."""
     return case(
-        (reason.is_(None), ""),
-        (reason.like("called AE title %"), "called_ae"),
-        (reason.like("%not in the allow-list%"), "calling_ae"),
-        (reason.like("%is not allowed from%"), "calling_host"),
-        (reason.like("%associations already active%"), "busy"),
-        else_="other",
+        (Association.rejection_code.is_not(None), Association.rejection_code),
+        (Association.outcome == "rejected", "other"),
+        else_="",
     )
 
 
@@ -160,7 +157,7 @@ class LedgerCollector(Collector):
             "Studies received",
             session.execute(select(func.count()).select_from(Study)).scalar_one(),
         )
-        kind = rejection_kind(Association.rejection_reason)
+        kind = rejection_label()
         associations = CounterMetricFamily(
             "msvlm_associations",
             "DICOM associations by outcome (open, released, aborted, rejected) and "

@@ -23,6 +23,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from io import BytesIO
 from typing import Any, cast
 
@@ -47,10 +48,23 @@ from node.transport import EventDrivenRequestHandler, StoreStreamFactory
 
 log = logging.getLogger(__name__)
 
-# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
-_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-_REJECT_CALLED_AE = (0x01, 0x01, 0x07)
-_REJECT_BUSY = (0x02, 0x03, 0x02)
+
+class RejectionCode(StrEnum):
+    """Why an association was refused: ``associations.rejection_code`` and the metrics' label."""
+
+    CALLED_AE = "called_ae"  # the peer asked for another AE title than ours
+    CALLING_AE = "calling_ae"  # the calling AE title is not in the allow-list
+    CALLING_HOST = "calling_host"  # a known AE title from a host it is not allowed from
+    BUSY = "busy"  # the limit on concurrent associations was reached
+
+
+#: A-ASSOCIATE-RJ (result, source, diagnostic) sent for each code, PS3.8 9.3.4
+_REJECT_PDU = {
+    RejectionCode.CALLED_AE: (0x01, 0x01, 0x07),
+    RejectionCode.CALLING_AE: (0x01, 0x01, 0x03),
+    RejectionCode.CALLING_HOST: (0x01, 0x01, 0x03),
+    RejectionCode.BUSY: (0x02, 0x03, 0x02),
+}
 #: below this maximum PDU length of the requestor, responses are left to pynetdicom
 _SMALLEST_PEER_PDU = 1024
 
@@ -92,18 +106,21 @@ class ReceiveContext:
 
 def check_caller(
     settings: Settings, *, calling_ae: str, called_ae: str, host: str, active: int
-) -> tuple[tuple[int, int, int], str] | None:
-    """Why an association must be refused, or ``None`` to accept it."""
+) -> tuple[RejectionCode, str] | None:
+    """Why an association must be refused (a code and a sentence), or ``None`` to accept it."""
     if called_ae != settings.node.ae_title:
-        return _REJECT_CALLED_AE, f"called AE title {called_ae!r} is not ours ({settings.node.ae_title!r})"
+        return (
+            RejectionCode.CALLED_AE,
+            f"called AE title {called_ae!r} is not ours ({settings.node.ae_title!r})",
+        )
     peers = [p for p in settings.security.peers if p.ae_title == calling_ae]
     if not peers and not settings.security.accept_unknown_callers:
-        return _REJECT_CALLING_AE, f"calling AE title {calling_ae!r} is not in the allow-list"
+        return RejectionCode.CALLING_AE, f"calling AE title {calling_ae!r} is not in the allow-list"
     if peers and not any(p.host is None or p.host == host for p in peers):
-        return _REJECT_CALLING_AE, f"calling AE title {calling_ae!r} is not allowed from {host}"
+        return RejectionCode.CALLING_HOST, f"calling AE title {calling_ae!r} is not allowed from {host}"
     if active > settings.node.max_associations:
         return (
-            _REJECT_BUSY,
+            RejectionCode.BUSY,
             f"{active - 1} associations already active (limit {settings.node.max_associations})",
         )
     return None
@@ -121,10 +138,10 @@ def handle_requested(event: Event, ctx: ReceiveContext) -> None:
     refusal = check_caller(ctx.settings, calling_ae=calling, called_ae=called, host=host, active=active)
     if refusal is None:
         return
-    reason_code, reason = refusal
+    code, reason = refusal
     log.warning(
         "receive.association_rejected",
-        extra={"calling_ae": calling, "peer": f"{host}:{port}", "reason": reason},
+        extra={"calling_ae": calling, "peer": f"{host}:{port}", "code": code.value, "reason": reason},
     )
     try:
         ctx.indexer.open_association(
@@ -134,11 +151,12 @@ def handle_requested(event: Event, ctx: ReceiveContext) -> None:
             port=port,
             tls=ctx.tls,
             outcome="rejected",
+            rejection_code=code,
             rejection_reason=reason,
         )
     except SQLAlchemyError:
         log.exception("receive.rejection_not_recorded", extra={"calling_ae": calling})
-    assoc.acse.send_reject(*reason_code)
+    assoc.acse.send_reject(*_REJECT_PDU[code])
     assoc.kill()  # as pynetdicom does after its own rejections: stop the DUL reader
 
 

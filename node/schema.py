@@ -93,6 +93,9 @@ class Association(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: open, released, aborted, rejected
     outcome: Mapped[str] = mapped_column(String(16), default="open")
+    #: why it was rejected, as a fixed code (node.receive.RejectionCode) to group and count by
+    rejection_code: Mapped[str | None] = mapped_column(String(16))
+    #: the same for a human: names the AE titles and host involved
     rejection_reason: Mapped[str | None] = mapped_column(Text)
     instances_received: Mapped[int] = mapped_column(Integer, default=0)
     instances_failed: Mapped[int] = mapped_column(Integer, default=0)

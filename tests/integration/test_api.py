@@ -369,6 +369,7 @@ def test_studies_deliveries_and_associations(ledger: Ledger) -> None:
                     peer_port=5001,
                     receiver="host:1",
                     outcome="rejected",
+                    rejection_code="calling_ae",
                     rejection_reason="calling AE title 'INTRUDER' is not in the allow-list",
                 ),
             ]
@@ -398,7 +399,8 @@ def test_studies_deliveries_and_associations(ledger: Ledger) -> None:
         d["destination"] for d in client.get("/api/deliveries", params={"destination": "archive"}).json()
     ] == ["archive"]
     [rejected] = client.get("/api/associations", params={"outcome": "rejected"}).json()
-    assert rejected["calling_ae"] == "INTRUDER" and "allow-list" in rejected["rejection_reason"]
+    assert rejected["calling_ae"] == "INTRUDER" and rejected["rejection_code"] == "calling_ae"
+    assert "allow-list" in rejected["rejection_reason"]
     assert len(client.get("/api/associations").json()) == 2
 
 

@@ -55,11 +55,11 @@ def test_echo_succeeds_and_unknown_or_wrong_called_ae_are_rejected(node: NodePro
 
     rejected = _rows(
         node.database_url,
-        select(Association.calling_ae, Association.rejection_reason)
+        select(Association.calling_ae, Association.rejection_reason, Association.rejection_code)
         .where(Association.outcome == "rejected")
         .order_by(Association.id),
     )
-    assert [r[0] for r in rejected] == ["INTRUDER", "STORESCU"]
+    assert [(r[0], r[2]) for r in rejected] == [("INTRUDER", "calling_ae"), ("STORESCU", "called_ae")]
     assert "not in the allow-list" in rejected[0][1]
     assert "called AE title 'NOTUS'" in rejected[1][1]
     assert "rejected" in node.log() and "INTRUDER" in node.log()
@@ -69,8 +69,8 @@ def test_peer_host_check_rejects_the_right_ae_from_the_wrong_host(node_factory: 
     node = node_factory(peers=[{"ae_title": "STORESCU", "host": "10.1.2.3"}]).start()
     result = dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port))
     assert result.returncode != 0
-    reasons = _rows(node.database_url, select(Association.rejection_reason))
-    assert "not allowed from 127.0.0.1" in reasons[0][0]
+    reasons = _rows(node.database_url, select(Association.rejection_reason, Association.rejection_code))
+    assert "not allowed from 127.0.0.1" in reasons[0][0] and reasons[0][1] == "calling_host"
 
 
 @pytest.mark.parametrize("associations", [1, 4])
