@@ -201,6 +201,8 @@ class RetentionSection(_Section):
     emergency_used_percent: float = Field(default=95.0, gt=0, le=100)
     #: ... until usage is back below this
     emergency_target_percent: float = Field(default=90.0, gt=0, le=100)
+    #: delete ``audit`` rows this many days old (unset: keep; mind your rules on access logs)
+    audit_after_days: float | None = Field(default=None, gt=0)
     interval_seconds: float = Field(default=300.0, gt=0)
 
 

@@ -5,6 +5,8 @@ soon as its SR reached every destination; SR copies N days after they were
 written; and an emergency clean-up of the oldest delivered studies when the
 disk passes a high watermark. Each removal is a ``retention_events`` row and
 marks the rows it concerns (``instances.purged_at``, ``results.sr_purged_at``).
+The one table whose rows are deleted is ``audit``, and only when
+``audit_after_days`` says so: an open dashboard adds a row per refresh.
 
 A study is never touched while it is in flight: instances newer than its last
 settle, a job pending or running, or a delivery scheduled or sending. Removal
@@ -18,17 +20,19 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Settings
 from node.jobs import JobState
-from node.schema import Delivery, Instance, Job, Result, RetentionEvent, Study, utcnow
+from node.schema import AuditEntry, Delivery, Instance, Job, Result, RetentionEvent, Study, utcnow
 from node.store import InstanceStore
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
+#: audit rows deleted per transaction (short transactions beside the API's writes)
+AUDIT_BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,28 @@ def run_retention(ctx: RetentionContext, now: datetime | None = None) -> int:
         cleaned += purge_sr_copies(ctx, now - timedelta(days=rules.sr_copies_after_days))
     if ctx.store.disk_state().used_percent > rules.emergency_used_percent:
         cleaned += emergency_cleanup(ctx, now)
+    if rules.audit_after_days is not None:
+        prune_audit(ctx, now - timedelta(days=rules.audit_after_days))
     return cleaned
+
+
+def prune_audit(ctx: RetentionContext, older_than: datetime) -> int:
+    """Delete audit rows written before ``older_than``, in short batches; returns how many."""
+    removed = 0
+    while True:
+        with ctx.factory() as session, session.begin():
+            batch = select(AuditEntry.id).where(AuditEntry.at < older_than).limit(AUDIT_BATCH)
+            deleted = session.execute(delete(AuditEntry).where(AuditEntry.id.in_(batch.scalar_subquery())))
+        count = deleted.rowcount  # type: ignore[attr-defined]
+        removed += count
+        if count < AUDIT_BATCH:
+            break
+    if removed:
+        log.info(
+            "retention.audit_pruned",
+            extra={"rows": removed, "older_than": older_than.isoformat(timespec="seconds")},
+        )
+    return removed
 
 
 def emergency_cleanup(ctx: RetentionContext, now: datetime) -> int:

@@ -15,12 +15,13 @@ import pytest
 from sqlalchemy import select
 
 from models.phantom import PhantomSpec, generate_study, write_study
+from node import retention
 from node.config import Settings
-from node.db import create_db_engine, session_factory
+from node.db import create_db_engine, session_factory, upgrade
 from node.jobs import JobState, transition
 from node.modelinfo import ModelIdentity
 from node.retention import RetentionContext, run_retention
-from node.schema import Delivery, Instance, Job, Result, RetentionEvent, utcnow
+from node.schema import AuditEntry, Delivery, Instance, Job, Result, RetentionEvent, utcnow
 from node.settle import SettleContext, settle_once
 from node.store import InstanceStore
 from tests.support import dcmtk
@@ -177,3 +178,38 @@ def test_age_rule_skips_a_queued_job_and_emergency_frees_space(
     ctx = RetentionContext(settings=emergency, factory=settle.factory, store=store, actor="test")
     run_retention(ctx)
     assert _files(node) == node_files_before  # the only study left is in flight
+
+
+def test_audit_rows_are_deleted_only_past_their_age_and_only_when_configured(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "AUDIT_BATCH", 1)  # the old rows take several batches
+    engine = create_db_engine(database_url)
+    upgrade(engine)
+    factory = session_factory(engine)
+    now = utcnow()
+    ages = [400, 91, 89, 0]  # days
+    with factory() as session, session.begin():
+        session.add_all(
+            AuditEntry(
+                at=now - timedelta(days=d), actor="loopback", method="GET", path=f"/jobs?d={d}", status=200
+            )
+            for d in ages
+        )
+
+    def retain(**rules: object) -> list[str]:
+        settings = Settings.model_validate(
+            {
+                "database": {"url": database_url},
+                "storage": {"path": str(tmp_path / "storage"), "min_free_mb": 1},
+                "retention": {"emergency_used_percent": 100, "emergency_target_percent": 99, **rules},
+            }
+        )
+        store = InstanceStore(tmp_path / "storage", min_free_mb=1, max_used_percent=100, fsync=False)
+        run_retention(RetentionContext(settings=settings, factory=factory, store=store, actor="test"), now)
+        with factory() as session:
+            return list(session.scalars(select(AuditEntry.path).order_by(AuditEntry.id)))
+
+    assert retain() == [f"/jobs?d={d}" for d in ages]  # unset: kept for ever
+    assert retain(audit_after_days=90) == ["/jobs?d=89", "/jobs?d=0"]
+    engine.dispose()
