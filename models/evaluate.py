@@ -124,13 +124,17 @@ def evaluate_entries(
     }
 
 
-def recall_ceiling(n: int, *, seed: int, matrix: int, slices: int) -> dict[str, dict[str, float]]:
+def recall_ceiling(
+    n: int, *, seed: int, matrix: int, slices: int, position_jitter_mm: float = 0.0
+) -> dict[str, dict[str, float]]:
     """Per focal finding of `make_phantoms(n, seed)`: how many are planted, how many an ideal
     observer could detect (`models.phantom.detectability`), and so the highest recall any
     model can reach at high specificity."""
-    signals = [
-        s for i in range(n) for s in focal_signals(phantom_spec(i, seed=seed, matrix=matrix, slices=slices))
-    ]
+    specs = (
+        phantom_spec(i, seed=seed, matrix=matrix, slices=slices, position_jitter_mm=position_jitter_mm)
+        for i in range(n)
+    )
+    signals = [s for spec in specs for s in focal_signals(spec)]
     out = {}
     for key in sorted({s.key for s in signals}):
         mine = sorted((s for s in signals if s.key == key), key=lambda s: s.snr)
@@ -186,6 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--matrix", type=int, default=int(_env("MATRIX", "64") or 64))
     parser.add_argument("--slices", type=int, default=int(_env("SLICES", "24") or 24))
+    parser.add_argument(
+        "--position-jitter",
+        type=float,
+        default=float(_env("POSITION_JITTER", "0") or 0),
+        metavar="MM",
+        help="place each generated patient up to MM off the isocentre (default 0)",
+    )
     parser.add_argument("--batch-size", type=int, default=int(_env("BATCH_SIZE", "8") or 8))
     parser.add_argument("--max-new-tokens", type=int, default=int(_env("MAX_NEW_TOKENS", "192") or 192))
     parser.add_argument("--num-beams", type=int, default=int(_env("NUM_BEAMS", "1") or 1))
@@ -211,7 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if args.phantoms:
                 data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="msvlm-eval-")))
-                make_phantoms(data, args.phantoms, seed=args.seed, matrix=args.matrix, slices=args.slices)
+                make_phantoms(
+                    data,
+                    args.phantoms,
+                    seed=args.seed,
+                    matrix=args.matrix,
+                    slices=args.slices,
+                    position_jitter_mm=args.position_jitter,
+                )
             else:
                 data = args.data
             result = evaluate_entries(
@@ -225,7 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if args.phantoms:
                 result["recall_ceiling"] = recall_ceiling(
-                    args.phantoms, seed=args.seed, matrix=args.matrix, slices=args.slices
+                    args.phantoms,
+                    seed=args.seed,
+                    matrix=args.matrix,
+                    slices=args.slices,
+                    position_jitter_mm=args.position_jitter,
                 )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -212,6 +212,7 @@ def train(
     phantom_seed: int | None = None,
     matrix: int = 64,
     slices: int = 24,
+    position_jitter_mm: float = 0.0,
     schedule: Schedule | None = None,
     device: str | torch.device = "cpu",
 ) -> ReportGenerator:
@@ -229,7 +230,12 @@ def train(
     if make:
         start = time.perf_counter()
         make_phantoms(
-            data, make, seed=seed if phantom_seed is None else phantom_seed, matrix=matrix, slices=slices
+            data,
+            make,
+            seed=seed if phantom_seed is None else phantom_seed,
+            matrix=matrix,
+            slices=slices,
+            position_jitter_mm=position_jitter_mm,
         )
         timings["make_phantoms"] = time.perf_counter() - start
         print(f"wrote {make} phantom studies to {data} in {timings['make_phantoms']:.1f} s", flush=True)
@@ -283,6 +289,7 @@ def train(
             "views": n_views,
             "slices": n_slices,
             "phantom_seed": phantom_seed if phantom_seed is not None else (seed if make else None),
+            "position_jitter_mm": position_jitter_mm if make else None,
         },
         "schedule": asdict(schedule),
         "stages": [asdict(log) for log in logs],
@@ -349,6 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--matrix", type=int, default=int(_env("MATRIX", "64") or 64))
     parser.add_argument("--slices", type=int, default=int(_env("SLICES", "24") or 24))
     parser.add_argument(
+        "--position-jitter",
+        type=float,
+        default=float(_env("POSITION_JITTER", "0") or 0),
+        metavar="MM",
+        help="with --make-phantoms: place each patient up to MM off the isocentre (default 0)",
+    )
+    parser.add_argument(
         "--device",
         default=_env("DEVICE", "auto"),
         help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
@@ -370,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             phantom_seed=args.phantom_seed,
             matrix=args.matrix,
             slices=args.slices,
+            position_jitter_mm=args.position_jitter,
             schedule=schedule,
             device=args.device,
         )

@@ -63,17 +63,24 @@ class Anatomy:
 
 
 class _Body:
-    """Collects solids with one uniform size factor applied to positions and organs."""
+    """Collects solids with one uniform size factor applied to positions and organs, then
+    the patient's position (its offset from the isocentre) added to every point."""
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, scale: float, position: Vec3) -> None:
         self.s = scale
+        self.position = position
         self.shapes: list[Shape] = []
 
     def p(self, x: float, y: float, z: float) -> Vec3:
-        return (x * self.s, y * self.s, z * self.s)
+        dx, dy, dz = self.position
+        return (x * self.s + dx, y * self.s + dy, z * self.s + dz)
 
     def v(self, point: Sequence[float] | np.ndarray) -> Vec3:
         return self.p(float(point[0]), float(point[1]), float(point[2]))
+
+    def planes(self, clips: tuple[tuple[Vec3, float], ...]) -> tuple[tuple[Vec3, float], ...]:
+        """Clip planes (normal, offset from the origin) moved like the body."""
+        return tuple((n, d * self.s + float(np.dot(n, self.position))) for n, d in clips)
 
     def landmarks(self, points: dict[str, Vec3]) -> dict[str, list[float]]:
         """Named points (unscaled) that lie well inside one tissue, in world mm."""
@@ -87,7 +94,7 @@ class _Body:
         axes: Axes | None = None,
         clips: tuple[tuple[Vec3, float], ...] = (),
     ) -> None:
-        scaled = tuple((n, d * self.s) for n, d in clips)
+        scaled = self.planes(clips)
         self.shapes.append(ellipsoid(self.v(c), self.v(semi), int(t), axes=axes or rotation(), clips=scaled))
 
     def cyl(
@@ -98,7 +105,7 @@ class _Body:
         t: T,
         clips: tuple[tuple[Vec3, float], ...] = (),
     ) -> None:
-        scaled = tuple((n, d * self.s) for n, d in clips)
+        scaled = self.planes(clips)
         self.shapes.append(
             cylinder(self.v(c), (radii[0] * self.s, radii[1] * self.s), half * self.s, int(t), clips=scaled)
         )
@@ -129,10 +136,12 @@ def _round3(v: np.ndarray | Sequence[float]) -> list[float]:
     return [round(float(x), 1) for x in v]
 
 
-def build_ct(findings: Sequence[Finding], rng: np.random.Generator) -> Anatomy:
+def build_ct(
+    findings: Sequence[Finding], rng: np.random.Generator, position: Vec3 = (0.0, 0.0, 0.0)
+) -> Anatomy:
     """Chest and abdomen: body wall, ribs, lungs, heart, vessels, liver, spine, findings."""
     resolved = {f.key: resolve(f, "CT") for f in findings}
-    b = _Body(float(rng.uniform(0.94, 1.06)))
+    b = _Body(float(rng.uniform(0.94, 1.06)), position)
     planted: list[Finding] = []
     b.cyl((0, 0, -15), (170, 125), 215, T.FAT)
     b.cyl((0, 0, -15), (160, 115), 215, T.MUSCLE)
@@ -156,7 +165,7 @@ def build_ct(findings: Sequence[Finding], rng: np.random.Generator) -> Anatomy:
         for name in ("right", "left") if side == "bilateral" else (side,):
             c, semi = lungs[name]
             y0 = c[1] + semi[1] - depth
-            effusion_level[name] = y0 * b.s
+            effusion_level[name] = b.p(0.0, y0, 0.0)[1]
             b.ell(c, semi, T.EFFUSION, clips=(((0.0, -1.0, 0.0), -y0), ((0.0, 0.0, 1.0), c[2] + 20)))
         planted.append(Finding("pleural_effusion", {**effusion.attributes, "depth_mm": depth}))
     b.cap((0, -12, 200), (0, -8, 125), 9, T.AIRWAY)
@@ -281,10 +290,12 @@ def _along(path: list[np.ndarray], distance: float) -> tuple[np.ndarray, np.ndar
     return path[-1], d
 
 
-def build_mr(findings: Sequence[Finding], rng: np.random.Generator) -> Anatomy:
+def build_mr(
+    findings: Sequence[Finding], rng: np.random.Generator, position: Vec3 = (0.0, 0.0, 0.0)
+) -> Anatomy:
     """Pelvis: body, muscles, pelvic bones, bladder, prostate/uterus, rectum, vessels, findings."""
     resolved = {f.key: resolve(f, "MR") for f in findings}
-    b = _Body(float(rng.uniform(0.95, 1.05)))
+    b = _Body(float(rng.uniform(0.95, 1.05)), position)
     sex = str(rng.choice(["M", "F"]))
     planted: list[Finding] = []
     b.cyl((0, 5, -30), (175, 120), 110, T.FAT)

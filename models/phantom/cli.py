@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="slice spacing in mm (default: spread over the anatomy)",
     )
     p.add_argument(
+        "--position-jitter",
+        type=float,
+        default=float(_env("POSITION_JITTER", 0.0)),
+        metavar="MM",
+        help="place the patient up to MM off the isocentre along each axis (default 0)",
+    )
+    p.add_argument(
         "--noise", type=float, default=float(_env("NOISE", 1.0)), help="noise scale, 0 for noiseless"
     )
     p.add_argument("--no-localizer", action="store_true", help="omit the localizer series")
@@ -156,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             planes=args.planes,
             phases=args.phases,
             sequences=args.sequences,
+            position_jitter_mm=args.position_jitter,
         )
         if args.json:
             print(json.dumps({"studies": len(truths), "out_dir": args.out_dir}))
@@ -174,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         matrix=args.matrix,
         slices=args.slices,
         slice_spacing_mm=args.slice_spacing,
+        position_jitter_mm=args.position_jitter,
         noise=args.noise,
         include_localizer=not args.no_localizer,
         include_dose_report=not args.no_dose_report,

@@ -45,6 +45,7 @@ def dataset_spec(
     planes: Sequence[str] = ("axial", "coronal", "sagittal"),
     phases: Sequence[str] = CT_PHASES,
     sequences: Sequence[str] = DEFAULT_SEQUENCES,
+    position_jitter_mm: float = 0.0,
 ) -> PhantomSpec:
     """The spec of study ``index`` of a dataset (deterministic in its arguments)."""
     if not modalities:
@@ -65,6 +66,7 @@ def dataset_spec(
         include_dose_report=bool(rng.random() < 0.7),
         include_oblique=bool(rng.random() < 0.5),
         blank_description_series=int(rng.integers(0, 3)),
+        position_jitter_mm=position_jitter_mm,
     )
 
 
@@ -80,6 +82,7 @@ def write_dataset(
     planes: Sequence[str] = ("axial", "coronal", "sagittal"),
     phases: Sequence[str] = CT_PHASES,
     sequences: Sequence[str] = DEFAULT_SEQUENCES,
+    position_jitter_mm: float = 0.0,
 ) -> list[StudyTruth]:
     """Write ``n_studies`` studies to out_dir/NNNNN_<modality>/ and out_dir/dataset.jsonl.
 
@@ -102,6 +105,7 @@ def write_dataset(
             planes=planes,
             phases=phases,
             sequences=sequences,
+            position_jitter_mm=position_jitter_mm,
         )
         folder = f"{index:05d}_{spec.modality.lower()}"
         truth = write_study(spec, out / folder)

@@ -20,6 +20,9 @@ from models.phantom.geometry import PLANES
 from models.phantom.tissues import CT_PHASES, MR_SEQUENCES
 
 DEFAULT_SEQUENCES = ("t1", "t2", "dwi", "adc", "t1_post")
+#: a sanity bound: past ~10 mm left-right the body wall already leaves the axial field of view
+#: (cut off, as on a scanner whose field of view is set tight)
+MAX_POSITION_JITTER_MM = 40.0
 
 
 def _names(value: Any, allowed: tuple[str, ...], field_name: str) -> tuple[str, ...]:
@@ -44,7 +47,11 @@ class PhantomSpec:
     view series (chosen by the seed); ``strip_descriptions`` removes it from
     every series. ``noise`` scales the image noise (0 gives exact tissue
     values, handy in tests). ``enhanced_mr`` writes MR view series as one
-    Enhanced MR multi-frame instance each.
+    Enhanced MR multi-frame instance each. ``position_jitter_mm`` places the
+    patient off the scanner's isocentre by up to that much along each axis
+    (drawn from the seed; the findings and landmarks move with the body), as
+    real patients lie centimetres apart on the table; 0 keeps every patient
+    at the same place, so a model may learn findings at fixed pixels.
     """
 
     modality: str = "CT"
@@ -66,6 +73,7 @@ class PhantomSpec:
     noise: float = 1.0
     slice_spacing_mm: float | None = None
     oblique_tilt_deg: float = 30.0
+    position_jitter_mm: float = 0.0
 
     def __post_init__(self) -> None:
         modality = str(self.modality).upper()
@@ -107,6 +115,8 @@ class PhantomSpec:
             raise PhantomSpecError("slice_spacing_mm must be > 0")
         if not 5.0 <= abs(self.oblique_tilt_deg) <= 60.0:
             raise PhantomSpecError("oblique_tilt_deg must be between 5 and 60 degrees")
+        if not 0.0 <= self.position_jitter_mm <= MAX_POSITION_JITTER_MM:
+            raise PhantomSpecError(f"position_jitter_mm must be in [0, {MAX_POSITION_JITTER_MM:g}]")
 
     @property
     def resolved_findings(self) -> tuple[Finding, ...]:

@@ -35,7 +35,7 @@ from models.phantom.dicom import (
 )
 from models.phantom.enhanced import ENHANCED_MR_IMAGE_STORAGE, enhanced_mr_dataset
 from models.phantom.findings import findings_for
-from models.phantom.geometry import StackGeometry, make_stack
+from models.phantom.geometry import StackGeometry, Vec3, make_stack
 from models.phantom.plan import SeriesPlan, has_contrast, plain, plan_series, study_context
 from models.phantom.render import (
     CT_OFFSET,
@@ -83,13 +83,24 @@ class GeneratedStudy:
         return [ds for s in self.series for ds in s.datasets]
 
 
+def patient_offset(spec: PhantomSpec) -> Vec3:
+    """Where the patient lies relative to the isocentre (mm, LPS): from a stream of its own,
+    so that studies without jitter are what they were before the option existed."""
+    if spec.position_jitter_mm == 0:
+        return (0.0, 0.0, 0.0)
+    x, y, z = np.random.default_rng([spec.seed, 5]).uniform(-1.0, 1.0, 3) * spec.position_jitter_mm
+    return (float(x), float(y), float(z))
+
+
 class StudyBuilder:
     """Generation state of one study: anatomy, context, plan and a raster cache."""
 
     def __init__(self, spec: PhantomSpec) -> None:
         self.spec = spec
         build = build_ct if spec.modality == "CT" else build_mr
-        self.anatomy: Anatomy = build(spec.findings, np.random.default_rng([spec.seed, 1]))
+        self.anatomy: Anatomy = build(
+            spec.findings, np.random.default_rng([spec.seed, 1]), patient_offset(spec)
+        )
         self.ctx = study_context(
             spec, self.anatomy, spec.fingerprint(), np.random.default_rng([spec.seed, 2])
         )

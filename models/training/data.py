@@ -47,7 +47,13 @@ def _subset(rng: np.random.Generator, options: Sequence[str], low: int, high: in
 
 
 def phantom_spec(
-    index: int, *, seed: int, matrix: int = 64, slices: int = 24, modalities: Sequence[str] = ("CT", "MR")
+    index: int,
+    *,
+    seed: int,
+    matrix: int = 64,
+    slices: int = 24,
+    modalities: Sequence[str] = ("CT", "MR"),
+    position_jitter_mm: float = 0.0,
 ) -> PhantomSpec:
     """The spec of study `index` of `make_phantoms(..., seed=seed)`: its findings, planes and phases.
 
@@ -57,7 +63,14 @@ def phantom_spec(
     from models.phantom import dataset_spec
     from models.phantom.detectability import without_invisible_findings
 
-    spec = dataset_spec(index, seed=seed, modalities=modalities, matrix=matrix, slices=slices)
+    spec = dataset_spec(
+        index,
+        seed=seed,
+        modalities=modalities,
+        matrix=matrix,
+        slices=slices,
+        position_jitter_mm=position_jitter_mm,
+    )
     rng = np.random.default_rng([seed, index, 11])
     planes = _subset(rng, CT_PLANES, 1, 2)
     if spec.modality == "CT":
@@ -75,6 +88,7 @@ def make_phantoms(
     matrix: int = 64,
     slices: int = 24,
     modalities: Sequence[str] = ("CT", "MR"),
+    position_jitter_mm: float = 0.0,
 ) -> Path:
     """Write `n_studies` phantom studies and their `dataset.jsonl`; returns the index path.
 
@@ -82,6 +96,7 @@ def make_phantoms(
     findings and index format), but every study gets its own random subset of planes and
     CT phases / MR sequences, so the model sees 1 to 6 views per study in many
     combinations (as the node delivers them) and each study stays cheap to train on.
+    `position_jitter_mm` moves each patient off the isocentre (`PhantomSpec`).
     """
     from models.phantom import write_study
 
@@ -91,7 +106,14 @@ def make_phantoms(
     out.mkdir(parents=True, exist_ok=True)
     lines = []
     for index in range(n_studies):
-        spec = phantom_spec(index, seed=seed, matrix=matrix, slices=slices, modalities=modalities)
+        spec = phantom_spec(
+            index,
+            seed=seed,
+            matrix=matrix,
+            slices=slices,
+            modalities=modalities,
+            position_jitter_mm=position_jitter_mm,
+        )
         folder = f"{index:05d}_{spec.modality.lower()}"
         truth = write_study(spec, out / folder)
         lines.append(json.dumps({"study": folder, "report": truth.full_report, "labels": truth.labels}))

@@ -158,12 +158,13 @@ def test_evaluate_cli_prints_one_json_object(tmp_path: Path, tokenizer: PreTrain
     assert result["n"] == 2
 
 
-def test_recall_ceiling_counts_the_planted_focal_findings(tmp_path: Path) -> None:
-    make_phantoms(tmp_path, 6, seed=4, matrix=32, slices=12)
-    truths = [
-        json.loads((folder / "truth.json").read_text())["labels"] for folder in sorted(tmp_path.glob("0*"))
-    ]
-    ceiling = evaluate.recall_ceiling(6, seed=4, matrix=32, slices=12)
+@pytest.mark.parametrize("jitter", [0.0, 20.0])
+def test_recall_ceiling_counts_the_planted_focal_findings(tmp_path: Path, jitter: float) -> None:
+    make_phantoms(tmp_path, 6, seed=4, matrix=32, slices=12, position_jitter_mm=jitter)
+    written = [json.loads((folder / "truth.json").read_text()) for folder in sorted(tmp_path.glob("0*"))]
+    assert {truth["spec"]["position_jitter_mm"] for truth in written} == {jitter}
+    truths = [truth["labels"] for truth in written]
+    ceiling = evaluate.recall_ceiling(6, seed=4, matrix=32, slices=12, position_jitter_mm=jitter)
     assert ceiling, "six studies plant at least one focal finding"
     for key, row in ceiling.items():
         assert row["positives"] == sum(t.get(key) == 1 for t in truths)

@@ -6,6 +6,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from models.phantom import (
 )
 from models.phantom.cli import main, parse_finding
 from models.phantom.report import ct_report, mr_report
+from models.phantom.study import patient_offset
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -149,6 +151,8 @@ def test_findings_vocabulary_is_canonical() -> None:
         {"findings": (Finding("lung_nodule", {"lobe": "lingula"}),)},
         {"findings": ("cardiomegaly", "cardiomegaly")},
         {"matrix": 4},
+        {"position_jitter_mm": -1.0},
+        {"position_jitter_mm": 41.0},
     ],
 )
 def test_bad_spec_is_refused(kwargs: dict[str, object]) -> None:
@@ -272,6 +276,27 @@ def test_findings_change_pixels_where_planted(ct_study: GeneratedStudy) -> None:
     assert _value(normal.series[0].datasets, nodule) < -700
     assert _value(normal.series[0].datasets, truth.landmarks["liver"], 1) == 110.0  # exact without noise
     assert normal.truth.labels == dict.fromkeys(normal.truth.labels, 0)
+
+
+def test_position_jitter_moves_the_patient_with_its_findings(ct_study: GeneratedStudy) -> None:
+    """Landmarks and findings move by one offset; the pixels follow them; no jitter, no move."""
+    assert patient_offset(ct_study.spec) == (0.0, 0.0, 0.0)
+    moved = generate_study(replace(ct_study.spec, position_jitter_mm=30.0, include_mip=False))
+    offset = np.asarray(patient_offset(moved.spec))
+    assert 0 < np.abs(offset).max() <= 30.0
+    assert np.linalg.norm(offset) > 10.0  # this seed's draw: far enough to move a few pixels
+    before, after = ct_study.truth, moved.truth
+    for name, point in before.landmarks.items():
+        np.testing.assert_allclose(after.landmarks[name], np.asarray(point) + offset, atol=0.06)
+    for key in ("lung_nodule", "liver_lesion"):
+        start = np.asarray(_finding_center(before, key))
+        np.testing.assert_allclose(_finding_center(after, key), start + offset, atol=0.06)
+    nodule = _finding_center(after, "lung_nodule")
+    axial = _series(moved, phase="venous", plane="axial").datasets
+    assert _value(axial, nodule) > _value(axial, after.landmarks["right_lung"]) + 150
+    assert _value(axial, after.landmarks["liver"], 1) > 60  # venous liver where the moved liver is
+    unmoved = _series(ct_study, phase="venous", plane="axial").datasets
+    assert _value(unmoved, nodule) < _value(unmoved, _finding_center(before, "lung_nodule")) - 150
 
 
 def test_contrast_tags_and_timing(ct_study: GeneratedStudy) -> None:
@@ -426,7 +451,9 @@ def test_write_dataset_index(tmp_path: Path) -> None:
         planes=("axial",),
         phases=("venous",),
         sequences=("t2",),
+        position_jitter_mm=12.0,
     )
+    assert all(truth.spec["position_jitter_mm"] == 12.0 for truth in truths)
     lines = (tmp_path / "dataset.jsonl").read_text().splitlines()
     assert len(lines) == 2
     for line, truth in zip(lines, truths, strict=True):
@@ -459,11 +486,14 @@ def test_cli_writes_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             "rectal_lesion:size_mm=25,wall=left",
             "--seed",
             "2",
+            "--position-jitter",
+            "15",
         ]
     )
     assert status == 0
     truth = StudyTruth.from_json((out / "truth.json").read_text())
     assert truth.labels["rectal_lesion"] == 1 and truth.patient_id == "PHANTOM-MR0002"
+    assert truth.spec["position_jitter_mm"] == 15.0
     assert "wrote" in capsys.readouterr().out
     assert main([str(tmp_path / "bad"), "--findings", "fracture"]) == 2
     assert "error" in capsys.readouterr().err
