@@ -35,6 +35,7 @@ from models.phantom.detectability import focal_signals
 from models.training.data import (
     DatasetError,
     IndexEntry,
+    add_phantom_arguments,
     load_study_views,
     make_phantoms,
     phantom_spec,
@@ -188,15 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=int, default=int(_env("SEED", "1") or 1), help="phantom seed (held out)"
     )
-    parser.add_argument("--matrix", type=int, default=int(_env("MATRIX", "64") or 64))
-    parser.add_argument("--slices", type=int, default=int(_env("SLICES", "24") or 24))
-    parser.add_argument(
-        "--position-jitter",
-        type=float,
-        default=float(_env("POSITION_JITTER", "0") or 0),
-        metavar="MM",
-        help="place each generated patient up to MM off the isocentre (default 0)",
-    )
+    add_phantom_arguments(parser, _env)
     parser.add_argument("--batch-size", type=int, default=int(_env("BATCH_SIZE", "8") or 8))
     parser.add_argument("--max-new-tokens", type=int, default=int(_env("MAX_NEW_TOKENS", "192") or 192))
     parser.add_argument("--num-beams", type=int, default=int(_env("NUM_BEAMS", "1") or 1))

@@ -48,6 +48,7 @@ from models.training.data import (
     DatasetError,
     IndexEntry,
     StudyRecord,
+    add_phantom_arguments,
     load_dataset,
     make_phantoms,
     read_index,
@@ -353,15 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None if _env("TUNE_EPOCHS") is None else int(_env("TUNE_EPOCHS") or 0),
         help="override the preset's stage 3 epochs",
     )
-    parser.add_argument("--matrix", type=int, default=int(_env("MATRIX", "64") or 64))
-    parser.add_argument("--slices", type=int, default=int(_env("SLICES", "24") or 24))
-    parser.add_argument(
-        "--position-jitter",
-        type=float,
-        default=float(_env("POSITION_JITTER", "0") or 0),
-        metavar="MM",
-        help="with --make-phantoms: place each patient up to MM off the isocentre (default 0)",
-    )
+    add_phantom_arguments(parser, _env)
     parser.add_argument(
         "--device",
         default=_env("DEVICE", "auto"),

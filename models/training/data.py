@@ -9,10 +9,11 @@ normalised (n, 3, S, S) slices that are kept in memory (float16) for the whole r
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +79,20 @@ def phantom_spec(
     else:
         spec = replace(spec, planes=planes, sequences=_subset(rng, MR_SEQUENCES, 2, 3))
     return without_invisible_findings(spec)
+
+
+def add_phantom_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str], str | None]) -> None:
+    """`--matrix`, `--slices` and `--position-jitter` of the phantoms a CLI writes (`make_phantoms`);
+    `env(NAME, default)` reads that CLI's environment mirror of each."""
+    parser.add_argument("--matrix", type=int, default=int(env("MATRIX", "64") or 64))
+    parser.add_argument("--slices", type=int, default=int(env("SLICES", "24") or 24))
+    parser.add_argument(
+        "--position-jitter",
+        type=float,
+        default=float(env("POSITION_JITTER", "0") or 0),
+        metavar="MM",
+        help="phantoms: lay each patient up to MM off the isocentre along each axis (default 0)",
+    )
 
 
 def make_phantoms(

@@ -15,7 +15,7 @@ from models.baseline3d import Baseline3dForReportGeneration
 from models.msvlm import MsVlmForReportGeneration, ReportGenerator
 from models.msvlm.presets import vit_config
 from models.phantom import FINDINGS
-from models.train import seed_everything, train
+from models.train import main, seed_everything, train
 from models.training.data import epoch_order, make_phantoms
 from models.training.dino import train_dino
 from models.training.stages import StageSettings, schedule_for
@@ -145,3 +145,16 @@ def test_data_order_and_dino_are_reproducible() -> None:
 
     first, second = run(), run()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_train_cli_refuses_a_folder_without_an_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every option parses (the phantom ones from `add_phantom_arguments`); the error names the folder."""
+    missing = tmp_path / "nothing-here"
+    code = main(
+        ["--data", str(missing), "--out", str(tmp_path / "out"), "--position-jitter", "5", "--matrix", "32"]
+    )
+    assert code == 1
+    assert f"{missing} has no dataset.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
