@@ -23,6 +23,7 @@ from tests.support.node import REPO, NodeProcess
 from tests.support.pipeline import (
     StoreScp,
     cli,
+    delivered,
     ledger,
     phantom,
     pipeline_node,
@@ -40,7 +41,7 @@ def test_study_to_validated_sr_at_the_pacs(
     node = pipeline_node(node_factory, tiny_model, pacs.port).start()
     files = phantom(tmp_path, seed=11)
     send(node, files)
-    wait_for(pacs.files, 120, "the SR at the PACS", node)
+    wait_for(lambda: delivered(node.database_url) == 1, 120, "the SR delivered to the PACS", node)
     [sr_file] = pacs.files()
     warnings = validate_sr(sr_file)  # dciodvfy and dsrdump: raises on any error
     assert isinstance(warnings, list)
@@ -126,13 +127,16 @@ def test_destination_down_then_up_gets_the_sr(
     )
     down.start()
     try:
-        wait_for(down.files, 60, "the SR after the destination came back", node)
+        wait_for(
+            lambda: delivered(node.database_url), 60, "the SR delivered after the destination came back", node
+        )
     finally:
         down.stop()
     rows = ledger(
         node.database_url, select(Delivery.attempt, Delivery.state, Delivery.error).order_by(Delivery.attempt)
     )
     assert rows[-1].state == "succeeded" and rows[0].state == "failed"
+    assert len(down.files()) == 1
     assert "cannot reach PACS@127.0.0.1" in rows[0].error
     failures = ledger(node.database_url, text("SELECT kind, reason FROM v_failures"))
     assert failures and all(kind == "delivery" for kind, _ in failures)
@@ -178,7 +182,8 @@ def test_killed_worker_job_is_finished_by_another(
     events = ledger(node.database_url, select(JobEvent.to_state, JobEvent.actor).order_by(JobEvent.id))
     assert [e.to_state for e in events] == ["pending", "running", "pending", "running", "succeeded"]
     assert events[1].actor == "worker-a" and events[3].actor == "worker-b"
-    wait_for(pacs.files, 60, "the SR", node)
+    wait_for(lambda: delivered(node.database_url) == 1, 60, "the SR delivered", node)
+    assert len(pacs.files()) == 1
 
 
 def test_two_workers_run_each_of_ten_jobs_exactly_once(
@@ -225,7 +230,8 @@ def test_two_workers_run_each_of_ten_jobs_exactly_once(
     )
     assert sorted(n for _, n in runs) == [1] * 10
     assert ledger(node.database_url, select(func.count()).select_from(Result))[0][0] == 10
-    wait_for(lambda: len(pacs.files()) == 10, 60, "ten SRs at the PACS", node)
+    wait_for(lambda: delivered(node.database_url) == 10, 60, "ten SRs delivered", node)
+    assert len(pacs.files()) == 10
 
 
 def test_corrupt_pixel_data_fails_that_job_and_the_next_study_still_processes(

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from node.schema import Association, Delivery, Job, Result
 from tests.support import dcmtk
 from tests.support.node import NodeProcess
-from tests.support.pipeline import StoreScp, ledger, phantom, pipeline_node, start_worker, wait_for
+from tests.support.pipeline import StoreScp, delivered, ledger, phantom, pipeline_node, start_worker, wait_for
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
@@ -95,7 +95,7 @@ def test_two_receivers_three_workers_twenty_studies_one_worker_killed(
             "20 succeeded jobs",
             node,
         )
-        wait_for(lambda: len(pacs.files()) >= 20, 120, "20 SRs at the PACS", node)
+        wait_for(lambda: delivered(node.database_url) >= 20, 120, "20 SRs delivered", node)
     finally:
         for sender in senders:
             if sender.poll() is None:
@@ -113,11 +113,11 @@ def test_two_receivers_three_workers_twenty_studies_one_worker_killed(
     )
     assert len(per_study) == 20 and all(n == 1 for _, n in per_study)
     assert ledger(node.database_url, select(func.count()).select_from(Result))[0][0] == 20
-    delivered = ledger(
+    per_job = ledger(
         node.database_url,
         select(Delivery.job_id, func.count()).where(Delivery.state == "succeeded").group_by(Delivery.job_id),
     )
-    assert len(delivered) == 20 and all(n == 1 for _, n in delivered)
+    assert len(per_job) == 20 and all(n == 1 for _, n in per_job)
     assert len(pacs.files()) == 20
     # both receiver processes took associations
     receivers = ledger(node.database_url, select(func.count(func.distinct(Association.receiver))))

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, select
 
 from models.phantom import PhantomSpec, generate_study, write_study
+from node.schema import Delivery
 from tests.support import dcmtk
 from tests.support.node import REPO, NodeProcess, free_port
 
@@ -123,6 +124,16 @@ def ledger(url: str, stmt: Any) -> list[Any]:
             return list(conn.execute(stmt).all())
     finally:
         engine.dispose()
+
+
+def delivered(url: str) -> int:
+    """Deliveries the node has recorded as succeeded.
+
+    Wait on this rather than on the files at the PACS: the peer writes the SR before its
+    C-STORE response reaches the node, so a file can be there while its row still says sending.
+    """
+    stmt = select(func.count()).select_from(Delivery).where(Delivery.state == "succeeded")
+    return int(ledger(url, stmt)[0][0])
 
 
 def cli(node: NodeProcess, *args: str) -> Any:
