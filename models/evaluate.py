@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ def evaluate_entries(
     start = time.perf_counter()
     hypotheses: list[str] = []
     probabilities: list[dict[str, float]] = []
+    calls: list[dict[str, bool]] = []
     truths = [truth_labels(e) for e in entries]
     for first in range(0, len(entries), batch_size):
         chunk = entries[first : first + batch_size]
@@ -85,6 +86,7 @@ def evaluate_entries(
         for output in generator.generate_reports(studies, max_new_tokens=max_new_tokens, num_beams=num_beams):
             hypotheses.append(output.text)
             probabilities.append(output.findings)
+            calls.append(output.present)
         if progress:
             print(
                 f"  {len(hypotheses)}/{len(entries)} studies ({time.perf_counter() - start:.0f} s)",
@@ -100,8 +102,9 @@ def evaluate_entries(
     ce = clinical_efficacy(truths, predicted)
     head_truth = [{k: v for k, v in t.items() if k in p} for t, p in zip(truths, probabilities, strict=True)]
     auc, auc_per_label = macro_auc(head_truth, probabilities)
-    head_predicted = [{k: int(p[k] > 0.5) for k in t} for t, p in zip(head_truth, probabilities, strict=True)]
+    head_predicted = [{k: int(c[k]) for k in t} for t, c in zip(head_truth, calls, strict=True)]
     head_ce = clinical_efficacy(head_truth, head_predicted)
+    agreement = narrative_agreement(head_predicted, predicted)
     return {
         "n": len(entries),
         "bleu1": bleu[0],
@@ -118,11 +121,24 @@ def evaluate_entries(
         "findings_auc": auc,
         "findings_auc_per_label": auc_per_label,
         "findings_head_f1": head_ce.f1,
+        "narrative_agreement": agreement,
         "seconds": time.perf_counter() - start,
         "examples": [
             {"reference": e.report, "generated": h} for e, h in zip(entries[:2], hypotheses[:2], strict=False)
         ],
     }
+
+
+def narrative_agreement(
+    coded: Sequence[Mapping[str, int]], narrative: Sequence[Mapping[str, int]]
+) -> float | None:
+    """The share of (study, finding) pairs where the narrative says what the coded finding says.
+
+    Why: the SR carries both, and a radiologist who reads "no nodule" above a coded nodule
+    trusts neither; None when no pair is stated by both.
+    """
+    pairs = [(c[k], n[k]) for c, n in zip(coded, narrative, strict=True) for k in c if k in n]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
 
 
 def recall_ceiling(
@@ -161,8 +177,9 @@ def print_table(model: str, result: dict[str, Any]) -> None:
     print(f"  CE F1 (micro) {_fmt(result['ce_f1'])}\n  CE F1 (macro) {_fmt(result['ce_macro_f1'])}")
     print(
         f"  findings AUC  {_fmt(result['findings_auc'])}  "
-        f"(head F1 at 0.5: {_fmt(result['findings_head_f1'])})"
+        f"(head F1 at the model's threshold: {_fmt(result['findings_head_f1'])})"
     )
+    print(f"  narrative agrees with the coded findings: {_fmt(result['narrative_agreement'])}")
     ceiling = result.get("recall_ceiling") or {}
     for key, values in result["ce_per_label"].items():
         auc = result["findings_auc_per_label"].get(key)

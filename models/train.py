@@ -75,6 +75,13 @@ FINDINGS_FILE = "findings.json"
 TRAINING_FILE = "training.json"
 
 
+def finding_modalities() -> dict[str, list[str]]:
+    """Where each phantom finding is planted and labelled (the head learns nothing elsewhere)."""
+    from models.phantom import FINDINGS
+
+    return {f.key: list(f.modalities) for f in FINDINGS}
+
+
 def finding_vocabulary() -> list[dict[str, str]]:
     """models.phantom.FINDINGS as the node's findings.json entries."""
     from models.phantom import FINDINGS
@@ -117,6 +124,7 @@ def make_config(preset: str, *, baseline: bool, vocab_size: int) -> ReportModelC
         config = msvlm_preset(preset, vocab_size=vocab_size)
         config.model_name = f"msvlm-{preset}"
     config.finding_labels = labels
+    config.finding_modalities = finding_modalities()
     # Findings are small against a whole study: attention pooling per finding lets the head
     # pick, for each finding, the slices that show it (on the cached features of the session-11
     # demo it lifted held-out AUC of nodule 0.833 -> 0.858 and lymph nodes 0.699 -> 0.786

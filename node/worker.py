@@ -225,7 +225,7 @@ def _process(
             coding_scheme=code.coding_scheme,
             code_meaning=code.code_meaning,
             probability=float(probability),
-            present=probability >= 0.5,
+            present=output.present[key],
         )
         for key, probability in output.findings.items()
         if (code := ctx.codes.get(key)) is not None

@@ -20,6 +20,7 @@ _VOLUME_SHAPES: dict[str, tuple[int, int]] = {"tiny": (8, 2), "demo": (32, 4), "
 _SHARED_FIELDS = (
     "view_vocabulary",
     "finding_labels",
+    "finding_modalities",
     "num_latents",
     "resampler_hidden_size",
     "resampler_layers",
@@ -27,6 +28,7 @@ _SHARED_FIELDS = (
     "findings_pooling",
     "findings_loss_weight",
     "findings_tokens",
+    "findings_threshold",
     "image_size",
     "ct_windows",
     "prompt_template",

@@ -151,14 +151,16 @@ class FindingsHead(nn.Module):
 
 
 class FindingsPrompt(nn.Module):
-    """One LM input embedding per finding, between its "present" and "absent" embeddings.
+    """One LM input embedding per finding: its "present" or its "absent" embedding.
 
-    Token j is p_j * present_j + (1 - p_j) * absent_j for the finding's probability p_j.
+    Token j is v_j * present_j + (1 - v_j) * absent_j for the finding's value v_j, 1 for
+    present and 0 for absent (`ReportModelBase.prefix_tokens` gives the study's label in
+    training, the findings head's call in generation).
     Why: the SR carries both the narrative and the coded findings; when the language model
     has to rediscover each finding from the visual tokens, the two can disagree (the report
-    says "no nodule" under a coded nodule at 0.9). Fed the head's probabilities, the LM
-    learns to state them; in training it is fed the study's labels where known (teacher
-    forcing), so it learns to verbalise findings while the head learns to detect them.
+    says "no nodule" under a coded nodule at 0.9). Fed the head's calls, the LM learns to
+    state them; in training it is fed the study's labels where known (teacher forcing), so
+    it learns to verbalise findings while the head learns to detect them.
     """
 
     def __init__(self, *, num_labels: int, lm_hidden_size: int) -> None:
@@ -166,10 +168,10 @@ class FindingsPrompt(nn.Module):
         self.present = nn.Parameter(torch.zeros(num_labels, lm_hidden_size))
         self.absent = nn.Parameter(torch.zeros(num_labels, lm_hidden_size))
 
-    def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """(B, F) probabilities -> (B, F, D_lm) embeddings."""
-        p = probabilities.to(self.present.dtype).unsqueeze(-1)
-        return p * self.present + (1 - p) * self.absent
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, F) values in [0, 1] -> (B, F, D_lm) embeddings."""
+        v = values.to(self.present.dtype).unsqueeze(-1)
+        return v * self.present + (1 - v) * self.absent
 
 
 def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ instead, so both models take the same processor inputs and share the same head c
 from __future__ import annotations
 
 import string
+from collections.abc import Iterable
 from typing import ClassVar, Literal, get_args
 
 from huggingface_hub.dataclasses import strict
@@ -95,6 +96,10 @@ class ReportModelConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     view_vocabulary: list[str] | None = None
     finding_labels: list[str] | None = None
+    #: the modalities each finding was trained to be assessed in (e.g. {"rectal_lesion": ["MR"]});
+    #: a finding not listed applies to every modality. Why: the head scores every finding on
+    #: every study, and a score for a rectal mass on a chest CT is noise the SR must not carry
+    finding_modalities: dict[str, list[str]] | None = None
     num_latents: int = 32
     resampler_hidden_size: int = 768
     resampler_layers: int = 2
@@ -105,6 +110,9 @@ class ReportModelConfig(PreTrainedConfig):
     #: head's probability (`bridge.FindingsPrompt`), so the narrative states what the coded
     #: findings say; False is the paper's model (visual tokens only)
     findings_tokens: bool = False
+    #: the operating point: a finding whose probability is at least this is called present,
+    #: both in the SR's coded findings and in the finding token the LM reads
+    findings_threshold: float = 0.5
     image_size: int = 224
     max_slices_per_view: int = 256
     ct_windows: list[list[int | float]] | None = None
@@ -139,6 +147,17 @@ class ReportModelConfig(PreTrainedConfig):
         assert self.finding_labels is not None
         return self.num_latents + (len(self.finding_labels) if self.findings_tokens else 0)
 
+    def findings_for(self, modalities: Iterable[str]) -> list[str]:
+        """The finding labels that apply to a study of these modalities, in vocabulary order."""
+        assert self.finding_labels is not None
+        present = {m.upper() for m in modalities}
+        limits = self.finding_modalities or {}
+        return [
+            label
+            for label in self.finding_labels
+            if label not in limits or present & {m.upper() for m in limits[label]}
+        ]
+
     @property
     def fixed_slices_per_view(self) -> int | None:
         """Slices every view is resampled to, or None to keep up to `max_slices_per_view`."""
@@ -159,6 +178,8 @@ class ReportModelConfig(PreTrainedConfig):
             "view_vocabulary must not contain 'other' (id 0 is reserved for unknown views)",
         )
         _check_unique_names("finding_labels", self.finding_labels)
+        unknown = sorted(set(self.finding_modalities or {}) - set(self.finding_labels))
+        _require(not unknown, f"finding_modalities names findings not in finding_labels: {unknown}")
         _require(self.num_latents > 0, f"num_latents must be positive, got {self.num_latents}")
         _check_transformer(
             "resampler", self.resampler_hidden_size, self.resampler_heads, self.resampler_layers
@@ -168,6 +189,10 @@ class ReportModelConfig(PreTrainedConfig):
             f"findings_pooling must be one of {FINDINGS_POOLINGS}, got {self.findings_pooling!r}",
         )
         _require(self.findings_loss_weight >= 0, "findings_loss_weight must be >= 0")
+        _require(
+            0.0 < self.findings_threshold < 1.0,
+            f"findings_threshold must lie strictly between 0 and 1, got {self.findings_threshold}",
+        )
         _require(self.image_size > 0, f"image_size must be positive, got {self.image_size}")
         _require(self.max_slices_per_view > 0, "max_slices_per_view must be positive")
         _require(self.max_text_tokens > 1, "max_text_tokens must be at least 2")

@@ -42,10 +42,17 @@ MODEL_PACKAGES: dict[str, str] = {"msvlm": "models.msvlm", "msvlm_baseline3d": "
 
 @dataclass(frozen=True)
 class ReportOutput:
-    """The generated findings text and a probability per configured finding label."""
+    """The generated text and, per finding that applies to the study, the head's probability
+    and call.
+
+    `present` is the call at the model's `findings_threshold`, the same one its narrative was
+    generated from, so the SR's coded findings and its text say the same. Findings the model
+    was not trained to assess in the study's modalities (`finding_modalities`) are left out.
+    """
 
     text: str
     findings: dict[str, float]
+    present: dict[str, bool]
 
 
 Precision = Literal["auto", "float32", "mixed", "bfloat16"]
@@ -143,11 +150,19 @@ class ReportGenerator:
         assert output.sequences is not None and output.findings_logits is not None
         texts = self.processor.decode(output.sequences.cpu())
         probabilities = torch.sigmoid(output.findings_logits.float()).cpu().tolist()
+        calls = self.model.findings_present(output.findings_logits).cpu().tolist()
         labels = self.processor.settings.finding_labels
-        return [
-            ReportOutput(text=text, findings=dict(zip(labels, probs, strict=True)))
-            for text, probs in zip(texts, probabilities, strict=True)
-        ]
+        outputs = []
+        for study, text, probs, called in zip(studies, texts, probabilities, calls, strict=True):
+            applies = set(self.model.config.findings_for(view.modality for view in study))
+            outputs.append(
+                ReportOutput(
+                    text=text,
+                    findings={k: p for k, p in zip(labels, probs, strict=True) if k in applies},
+                    present={k: c for k, c in zip(labels, called, strict=True) if k in applies},
+                )
+            )
+        return outputs
 
     def generate_report(
         self, views: Sequence[ViewInput], *, max_new_tokens: int = 256, num_beams: int = 1

@@ -16,6 +16,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import func, select, text
 
+from models.phantom import FINDINGS
 from node.manifest import Manifest
 from node.schema import Delivery, Job, JobEvent, Result
 from node.srcheck import validate_sr
@@ -31,6 +32,7 @@ from tests.support.pipeline import (
     start_worker,
     wait_for,
 )
+from tests.support.sr_fixtures import read_back
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
@@ -48,6 +50,9 @@ def test_study_to_validated_sr_at_the_pacs(
     sr = dcmread(sr_file)
     assert sr.Modality == "SR" and sr.Manufacturer == "msvlm-node"
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+    # coded findings only for what the model assesses on CT: no rectal mass on a chest CT
+    coded = {meaning for (_, _), (meaning, _, _) in read_back(sr).coded.items()}
+    assert coded == {f.code.meaning for f in FINDINGS if f.applies_to("CT")}
 
     [job] = cli(node, "jobs", "list")
     assert job["state"] == "succeeded"

@@ -48,9 +48,13 @@ def test_demo_model_names_planted_findings(generator: ReportGenerator, tmp_path:
     write_study(spec, tmp_path / "study")
     report = generator.generate_report(load_study_views(tmp_path / "study"), max_new_tokens=192)
     probabilities = report.findings
+    assert "rectal_lesion" not in probabilities  # planted and labelled on MR only
     assert probabilities["lung_nodule"] > 0.5 and probabilities["pleural_effusion"] > 0.5, probabilities
     absent = [key for key in ("cardiomegaly", "liver_lesion", "lymphadenopathy") if probabilities[key] < 0.5]
     assert absent, probabilities
     named = extract_findings(report.text)
     assert named["lung_nodule"] == 1 and named["pleural_effusion"] == 1, report.text
     assert named["cardiomegaly"] == 0, report.text
+    # the narrative says what the SR's coded findings say (the LM reads the head's calls)
+    stated = {key: bool(value) for key, value in named.items() if key in report.present}
+    assert stated == {key: report.present[key] for key in stated}, (report.text, report.present)

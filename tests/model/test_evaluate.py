@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from models import evaluate
+from models.evaluate import narrative_agreement
 from models.msvlm import MsVlmForReportGeneration, MsVlmProcessor, Placement, ReportGenerator, msvlm_preset
 from models.training.data import make_phantoms
 from models.training.labeller import extract_findings
@@ -115,6 +116,14 @@ def test_clinical_efficacy_on_hand_made_labels() -> None:
     assert (perfect.precision, perfect.recall, perfect.f1) == (1.0, 1.0, 1.0)
 
 
+def test_narrative_agreement_counts_pairs_both_state() -> None:
+    coded = [{"a": 1, "b": 0}, {"a": 0, "b": 1}]
+    narrative = [{"a": 1, "b": 1}, {"a": 0}]  # study 1 does not state "b": not counted
+    assert narrative_agreement(coded, narrative) == pytest.approx(2 / 3)
+    assert narrative_agreement(coded, coded) == 1.0
+    assert narrative_agreement(coded, [{}, {}]) is None
+
+
 def test_auc() -> None:
     assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
     assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
@@ -153,7 +162,17 @@ def test_evaluate_cli_prints_one_json_object(tmp_path: Path, tokenizer: PreTrain
         )
     assert code == 0
     result = json.loads(out.getvalue())
-    for key in ("bleu4", "meteor", "rouge_l", "ce_precision", "ce_recall", "ce_f1", "findings_auc", "n"):
+    for key in (
+        "bleu4",
+        "meteor",
+        "rouge_l",
+        "ce_precision",
+        "ce_recall",
+        "ce_f1",
+        "findings_auc",
+        "narrative_agreement",
+        "n",
+    ):
         assert key in result
     assert result["n"] == 2
 

@@ -73,12 +73,32 @@ def test_one_token_per_finding_follows_the_visual_tokens(model: MsVlmForReportGe
     assert torch.allclose(
         out.visual_tokens[0, config.num_latents + effusion], model.findings_prompt.absent[effusion]
     )
-    # study 1 has no labels: its token lies between the two, at the head's probability
-    p = torch.sigmoid(out.findings_logits[1, index]) if out.findings_logits is not None else None
-    assert p is not None
-    assert torch.allclose(
-        out.visual_tokens[1, config.num_latents + index], p * present + (1 - p) * absent, atol=1e-6
+    # study 1 has no labels: its token is the head's call at the threshold, exactly
+    assert out.findings_logits is not None
+    called = bool(torch.sigmoid(out.findings_logits[1, index]) >= config.findings_threshold)
+    assert torch.allclose(out.visual_tokens[1, config.num_latents + index], present if called else absent)
+
+
+def test_the_token_is_the_call_at_the_models_threshold(model: MsVlmForReportGeneration, batch) -> None:  # noqa: ANN001
+    """A probability just either side of `findings_threshold` gives one embedding or the other,
+    never a blend the LM never saw in training; the threshold comes from the config."""
+    encoding = model.encode_study(
+        pixel_values=batch.pixel_values, slice_mask=batch.slice_mask, view_ids=batch.view_ids
     )
+    assert model.findings_prompt is not None
+    labels = len(model.config.finding_labels or [])
+    k = model.config.num_latents
+    present, absent = model.findings_prompt.present, model.findings_prompt.absent
+    logits = torch.logit(torch.full((2, labels), 0.55))
+    assert model.findings_present(logits).all()
+    assert torch.allclose(model.prefix_tokens(encoding, logits)[:, k:], present.expand(2, -1, -1))
+    assert torch.allclose(
+        model.prefix_tokens(encoding, torch.logit(torch.full((2, labels), 0.45)))[:, k:],
+        absent.expand(2, -1, -1),
+    )
+    model.config.findings_threshold = 0.6
+    assert not model.findings_present(logits).any()
+    assert torch.allclose(model.prefix_tokens(encoding, logits)[:, k:], absent.expand(2, -1, -1))
 
 
 def test_generation_reads_the_head_not_the_labels(model: MsVlmForReportGeneration, batch) -> None:  # noqa: ANN001

@@ -58,11 +58,23 @@ def test_tiny_kwargs_are_valid() -> None:
         ({"ct_windows": [[1500, -600], [400, 40]]}, "exactly 3"),
         ({"ct_windows": [[1500, -600], [0, 40], [2000, 500]]}, "width>0"),
         ({"prompt_template": "{patient_name} findings:"}, "prompt_template may only use"),
+        ({"findings_threshold": 1.0}, "findings_threshold must lie strictly between 0 and 1"),
+        ({"finding_modalities": {"tumour": ["CT"]}}, "finding_modalities names findings not in"),
+        ({"findings_threshold": 0}, "findings_threshold must lie strictly between 0 and 1"),
     ],
 )
 def test_invalid_values_are_rejected(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(MsVlmConfigError, match=message):
         MsVlmConfig(**_tiny_kwargs(**overrides))
+
+
+def test_findings_apply_to_the_modalities_they_were_trained_for() -> None:
+    config = MsVlmConfig(**_tiny_kwargs(finding_modalities={"lung_nodule": ["CT"], "rectal_lesion": ["MR"]}))
+    every = list(config.finding_labels or [])
+    assert config.findings_for(["CT"]) == [k for k in every if k != "rectal_lesion"]
+    assert config.findings_for(["mr"]) == [k for k in every if k != "lung_nodule"]
+    assert config.findings_for(["CT", "MR"]) == every
+    assert MsVlmConfig(**_tiny_kwargs()).findings_for(["CT"]) == every  # none listed: all apply
 
 
 def test_sub_config_errors_name_the_sub_config() -> None:

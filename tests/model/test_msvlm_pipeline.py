@@ -38,9 +38,22 @@ def test_generate_report_returns_text_and_probabilities(
     assert isinstance(report, ReportOutput) and isinstance(report.text, str)
     assert list(report.findings) == list(generator.processor.settings.finding_labels)
     assert all(0.0 <= p <= 1.0 for p in report.findings.values())
+    threshold = generator.model.config.findings_threshold
+    assert report.present == {k: p >= threshold for k, p in report.findings.items()}
     assert generator.generate_report(study, max_new_tokens=8) == report
     assert not generator.model.training
     assert not any(p.requires_grad for p in generator.model.parameters())
+
+
+def test_findings_the_model_does_not_assess_in_a_modality_are_left_out(
+    generator: ReportGenerator, make_study: StudyFactory
+) -> None:
+    generator.model.config.finding_modalities = {"lung_nodule": ["CT"], "rectal_lesion": ["MR"]}
+    ct, mr = make_study([("CT", "CT:axial:venous", 5)]), make_study([("MR", "MR:axial:t2", 5)])
+    ct_report, mr_report = generator.generate_reports([ct, mr], max_new_tokens=4)
+    every = set(generator.processor.settings.finding_labels)
+    assert set(ct_report.findings) == set(ct_report.present) == every - {"rectal_lesion"}
+    assert set(mr_report.findings) == set(mr_report.present) == every - {"lung_nodule"}
 
 
 def test_folder_round_trip_for_both_model_kinds(

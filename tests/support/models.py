@@ -20,7 +20,7 @@ from models.msvlm import (
     msvlm_preset,
 )
 from models.msvlm.pipeline import Placement, ReportGenerator
-from models.train import FINDINGS_FILE, finding_vocabulary
+from models.train import FINDINGS_FILE, finding_modalities, finding_vocabulary
 
 
 def save_tiny_model(directory: Path, *, version: str = "tiny-test") -> Path:
@@ -31,6 +31,7 @@ def save_tiny_model(directory: Path, *, version: str = "tiny-test") -> Path:
     config = msvlm_preset("tiny", vocab_size=len(tokenizer))
     config.model_name = "msvlm-tiny-test"
     config.model_version = version
+    config.finding_modalities = finding_modalities()
     torch.manual_seed(0)
     model = MsVlmForReportGeneration(config).eval()
     processor = MsVlmProcessor.from_model_config(config, tokenizer)
