@@ -21,7 +21,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from node.volume import load_view
 
 if TYPE_CHECKING:
     from models.msvlm.pipeline import ReportGenerator
+    from node.sr import CodedFinding
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ def _process(
         for key, probability in output.findings.items()
         if (code := ctx.codes.get(key)) is not None
     ]
+    impression_text = impression_text or impression_from_findings(coded)
     evidence = _evidence(ctx, manifest)
     series_uid, sop_uid = sr_uids(ctx.settings.node.uid_prefix, job_id, attempt)
     replaces = _replaced_document(ctx, supersedes)
@@ -355,7 +357,10 @@ def tidy_sentences(text: str) -> str:
 
 
 def split_report(text: str) -> tuple[str, str]:
-    """Split generated text into (findings, impression) at its "Findings:"/"Impression:" headings."""
+    """Split generated text into (findings, impression) at its "Findings:"/"Impression:" headings.
+
+    The impression is empty when the model wrote none (`impression_from_findings` stands in).
+    """
     sections = {"findings": "", "impression": ""}
     current = "findings"
     position = 0
@@ -364,8 +369,24 @@ def split_report(text: str) -> tuple[str, str]:
         current, position = match.group(1).lower(), match.end()
     sections[current] += text[position:]
     findings = tidy_sentences(sections["findings"]) or "No findings text was generated."
-    impression = tidy_sentences(sections["impression"]) or "See findings."
-    return findings, impression
+    return findings, tidy_sentences(sections["impression"])
+
+
+def impression_from_findings(coded: Sequence[CodedFinding]) -> str:
+    """The impression when the model ended its report without one: its coded calls, numbered.
+
+    Why: the language model sometimes stops after the findings (1 of 100 held-out phantoms for
+    the demo, and the `msvlm-node demo` study), and "see findings" under a positive study
+    tells the radiologist nothing; the coded calls are the model's own, and the narrative
+    states them (the LM reads the same calls).
+    """
+    if not coded:
+        return "See findings."
+    positives = [f.display for f in coded if f.present]
+    if positives:
+        return " ".join(f"{i}. {display}." for i, display in enumerate(positives, start=1))
+    assessed = ", ".join(f.display[:1].lower() + f.display[1:] for f in coded)
+    return f"None of the findings assessed ({assessed}) is present."
 
 
 def device_uid(settings: Settings) -> str:

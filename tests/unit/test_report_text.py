@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from node.worker import split_report, tidy_sentences
+from node.sr import CodedFinding
+from node.worker import impression_from_findings, split_report, tidy_sentences
 
 
 def test_headings_split_findings_from_impression_whatever_the_spacing() -> None:
@@ -15,8 +16,31 @@ def test_headings_split_findings_from_impression_whatever_the_spacing() -> None:
 
 
 def test_text_without_headings_is_all_findings() -> None:
-    assert split_report("Normal study.") == ("Normal study.", "See findings.")
-    assert split_report("  ") == ("No findings text was generated.", "See findings.")
+    assert split_report("Normal study.") == ("Normal study.", "")
+    assert split_report("  ") == ("No findings text was generated.", "")
+
+
+def _coded(key: str, display: str, present: bool) -> CodedFinding:
+    return CodedFinding(
+        key=key,
+        display=display,
+        code_value="1",
+        coding_scheme="SCT",
+        code_meaning=display,
+        probability=0.9 if present else 0.1,
+        present=present,
+    )
+
+
+def test_a_missing_impression_is_made_from_the_coded_calls() -> None:
+    nodule = _coded("lung_nodule", "Lung nodule", True)
+    effusion = _coded("pleural_effusion", "Pleural effusion", True)
+    cardio = _coded("cardiomegaly", "Cardiomegaly", False)
+    assert impression_from_findings([nodule, cardio, effusion]) == "1. Lung nodule. 2. Pleural effusion."
+    assert impression_from_findings([cardio, _coded("liver_lesion", "Liver lesion", False)]) == (
+        "None of the findings assessed (cardiomegaly, liver lesion) is present."
+    )
+    assert impression_from_findings([]) == "See findings."
 
 
 def test_sentence_case_and_acronyms() -> None:
