@@ -107,8 +107,8 @@ class ReportModelConfig(PreTrainedConfig):
     findings_pooling: FindingsPooling = "mean"
     findings_loss_weight: int | float = 1.0
     #: append one LM input token per finding after the visual tokens, made from the findings
-    #: head's call at `findings_threshold` (`bridge.FindingsPrompt`), so the narrative states what the coded
-    #: findings say; False is the paper's model (visual tokens only)
+    #: head's call at `findings_threshold` (`bridge.FindingsPrompt`), so the narrative states
+    #: what the coded findings say; False is the paper's model (visual tokens only)
     findings_tokens: bool = False
     #: the operating point: a finding whose probability is at least this is called present,
     #: both in the SR's coded findings and in the finding token the LM reads
