@@ -6,7 +6,10 @@
 Prints BLEU-1..4, METEOR, ROUGE-L (`models.training.metrics`), clinical efficacy (findings
 named in the generated text by the negation-aware labeller against the truth: truth.json
 for phantoms, else dataset.jsonl labels, else the labeller on the reference report) and the
-findings head's macro AUC. On phantoms it also prints, per focal finding, the recall an
+findings head's macro AUC. On phantoms it also prints how often the narrative puts a finding
+it rightly names at its planted site (lobe, side, liver lobe, node station, rectal wall:
+`site_agreement`), since a report that finds the nodule in the wrong lobe sends the reader to
+the wrong place. On phantoms it also prints, per focal finding, the recall an
 ideal observer could reach (`models.phantom.detectability`: how many planted findings are
 above the Rose criterion in their best view), so that a model's misses can be told from
 findings nobody could see. `--json` prints exactly one JSON object. Phantoms are written to
@@ -32,6 +35,7 @@ from typing import Any
 
 from models.msvlm import ReportGenerator
 from models.phantom.detectability import focal_signals
+from models.phantom.findings import SITE_ATTRIBUTES, site_vocabulary
 from models.training.data import (
     DatasetError,
     IndexEntry,
@@ -42,7 +46,7 @@ from models.training.data import (
     read_index,
 )
 from models.training.device import DEVICE_CHOICES, resolve_device
-from models.training.labeller import PATTERNS, extract_findings
+from models.training.labeller import PATTERNS, extract_findings, stated_site
 from models.training.metrics import clinical_efficacy, corpus_bleu, macro_auc, meteor, rouge_l
 
 
@@ -54,6 +58,40 @@ def truth_labels(entry: IndexEntry) -> dict[str, int]:
     if entry.labels:
         return dict(entry.labels)
     return extract_findings(entry.report)
+
+
+def truth_sites(entry: IndexEntry) -> dict[str, str]:
+    """Where each planted finding is, from truth.json (finding key -> site); {} without one."""
+    truth_file = entry.folder / "truth.json"
+    if not truth_file.is_file():
+        return {}
+    sites = {}
+    for finding in json.loads(truth_file.read_text())["findings"]:
+        attribute = SITE_ATTRIBUTES.get(finding["key"])
+        if finding["present"] and attribute and attribute in finding["attributes"]:
+            sites[finding["key"]] = str(finding["attributes"][attribute])
+    return sites
+
+
+def site_agreement(
+    sites: Sequence[Mapping[str, str]], hypotheses: Sequence[str]
+) -> tuple[float | None, dict[str, dict[str, float]]]:
+    """Of the planted findings a narrative names, the share it puts at their planted site.
+
+    Overall and per finding ({"named": n, "right_site": k, "agreement": k / n}); a finding
+    named without a site counts as wrong. None when no planted finding with a site is named.
+    """
+    per: dict[str, list[int]] = {}
+    for truth, text in zip(sites, hypotheses, strict=True):
+        for key, site in truth.items():
+            if key in PATTERNS and extract_findings(text, [key])[key]:
+                per.setdefault(key, []).append(int(stated_site(text, key, site_vocabulary(key)) == site))
+    named = sum(len(v) for v in per.values())
+    overall = sum(sum(v) for v in per.values()) / named if named else None
+    return overall, {
+        key: {"named": len(v), "right_site": sum(v), "agreement": sum(v) / len(v)}
+        for key, v in sorted(per.items())
+    }
 
 
 def training_phantom_seed(model_dir: Path) -> int | None:
@@ -105,6 +143,7 @@ def evaluate_entries(
     head_predicted = [{k: int(c[k]) for k in t} for t, c in zip(head_truth, calls, strict=True)]
     head_ce = clinical_efficacy(head_truth, head_predicted)
     agreement = narrative_agreement(head_predicted, predicted)
+    sites, sites_per_label = site_agreement([truth_sites(e) for e in entries], hypotheses)
     return {
         "n": len(entries),
         "bleu1": bleu[0],
@@ -122,6 +161,8 @@ def evaluate_entries(
         "findings_auc_per_label": auc_per_label,
         "findings_head_f1": head_ce.f1,
         "narrative_agreement": agreement,
+        "site_agreement": sites,
+        "site_agreement_per_label": sites_per_label,
         "seconds": time.perf_counter() - start,
         "examples": [
             {"reference": e.report, "generated": h} for e, h in zip(entries[:2], hypotheses[:2], strict=False)
@@ -180,6 +221,9 @@ def print_table(model: str, result: dict[str, Any]) -> None:
         f"(head F1 at the model's threshold: {_fmt(result['findings_head_f1'])})"
     )
     print(f"  narrative agrees with the coded findings: {_fmt(result['narrative_agreement'])}")
+    print(f"  named planted findings put at their planted site: {_fmt(result['site_agreement'])}")
+    for key, values in result["site_agreement_per_label"].items():
+        print(f"    {key:<18} {int(values['right_site'])} of {int(values['named'])}")
     ceiling = result.get("recall_ceiling") or {}
     for key, values in result["ce_per_label"].items():
         auc = result["findings_auc_per_label"].get(key)

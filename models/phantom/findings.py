@@ -133,6 +133,24 @@ FINDINGS: tuple[FindingDefinition, ...] = (
 
 FINDINGS_BY_KEY: Mapping[str, FindingDefinition] = MappingProxyType({f.key: f for f in FINDINGS})
 
+#: the attribute that says where a focal or sided finding is (the words a report uses for it);
+#: cardiomegaly has none
+SITE_ATTRIBUTES: Mapping[str, str] = MappingProxyType(
+    {
+        "lung_nodule": "lobe",
+        "pleural_effusion": "side",
+        "liver_lesion": "location",
+        "lymphadenopathy": "station",
+        "rectal_lesion": "wall",
+    }
+)
+
+
+def site_vocabulary(key: str) -> tuple[str, ...]:
+    """The sites a report can name for finding ``key`` (empty when it has none)."""
+    attribute = SITE_ATTRIBUTES.get(key)
+    return tuple(FINDINGS_BY_KEY[key].attributes[attribute]) if attribute else ()
+
 
 def findings_for(modality: str) -> tuple[FindingDefinition, ...]:
     """The vocabulary entries applicable to ``modality``, in vocabulary order."""

@@ -87,3 +87,20 @@ def extract_findings(text: str, keys: Iterable[str] | None = None) -> dict[str, 
         raise KeyError(f"no labelling rules for {unknown}")
     parts = sentences(text)
     return {key: int(any(mentions(s, key) for s in parts)) for key in wanted}
+
+
+def stated_site(text: str, key: str, sites: Iterable[str]) -> str | None:
+    """The site (one of `sites`, e.g. the five lung lobes) that the text gives for finding `key`.
+
+    Read from the first sentence that affirms the finding: the longest of `sites` named in it
+    ("bilateral" before "left", "right upper lobe" before "right"); None when the text does not
+    affirm the finding or names no site there.
+    """
+    ordered = sorted(sites, key=len, reverse=True)
+    for sentence in sentences(text):
+        if mentions(sentence, key):
+            for site in ordered:
+                if re.search(rf"\b{re.escape(site.lower())}\b", sentence):
+                    return site
+            return None
+    return None

@@ -12,10 +12,10 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from models import evaluate
-from models.evaluate import narrative_agreement
+from models.evaluate import narrative_agreement, site_agreement, truth_sites
 from models.msvlm import MsVlmForReportGeneration, MsVlmProcessor, Placement, ReportGenerator, msvlm_preset
-from models.training.data import make_phantoms
-from models.training.labeller import extract_findings
+from models.training.data import make_phantoms, read_index
+from models.training.labeller import extract_findings, stated_site
 from models.training.metrics import (
     clinical_efficacy,
     corpus_bleu,
@@ -102,6 +102,56 @@ def test_labeller_reads_every_phantom_report_correctly(tmp_path: Path) -> None:
         assert extract_findings(record["report"], record["labels"]) == record["labels"]
 
 
+def test_every_phantom_report_names_each_finding_at_its_planted_site(tmp_path: Path) -> None:
+    # 64 pixels: at 16 the phantoms leave out nodules and liver lesions no one could see
+    make_phantoms(tmp_path, 24, seed=7, matrix=64, slices=8)
+    entries = read_index(tmp_path)
+    sites = [truth_sites(e) for e in entries]
+    overall, per_label = site_agreement(sites, [e.report for e in entries])
+    assert overall == 1.0
+    named = sum(int(v["named"]) for v in per_label.values())
+    assert named == sum(len(s) for s in sites)  # every planted finding with a site was named
+    # every finding with a site is among them (cardiomegaly has none)
+    assert set(per_label) == {
+        "lung_nodule",
+        "pleural_effusion",
+        "liver_lesion",
+        "lymphadenopathy",
+        "rectal_lesion",
+    }
+
+
+def test_site_agreement_counts_a_wrong_or_missing_site_as_wrong() -> None:
+    lobes = ("right upper lobe", "right lower lobe", "left lower lobe")
+    assert (
+        stated_site("There is an 8 mm nodule in the left lower lobe.", "lung_nodule", lobes)
+        == "left lower lobe"
+    )
+    assert stated_site("No pulmonary nodules. The right lower lobe is clear.", "lung_nodule", lobes) is None
+    sides = ("right", "left", "bilateral")
+    assert (
+        stated_site("Small bilateral pleural effusions, left more than right.", "pleural_effusion", sides)
+        == "bilateral"
+    )
+    truth = [
+        {"lung_nodule": "right upper lobe"},
+        {"lung_nodule": "right upper lobe", "pleural_effusion": "left"},
+        {"pleural_effusion": "right"},
+        {"lung_nodule": "left lower lobe"},
+    ]
+    texts = [
+        "There is an 8 mm nodule in the right upper lobe.",
+        "8 mm nodule in the left lower lobe. Small left pleural effusion.",
+        "There is a pulmonary nodule.",  # effusion not named: not counted
+        "A 5 mm pulmonary nodule.",  # named without a site: wrong
+    ]
+    overall, per_label = site_agreement(truth, texts)
+    assert overall == pytest.approx(2 / 4)
+    assert per_label["lung_nodule"] == {"named": 3, "right_site": 1, "agreement": pytest.approx(1 / 3)}
+    assert per_label["pleural_effusion"] == {"named": 1, "right_site": 1, "agreement": 1.0}
+    assert site_agreement([{}], ["Nothing."]) == (None, {})
+
+
 def test_clinical_efficacy_on_hand_made_labels() -> None:
     truth = [{"a": 1, "b": 0}, {"a": 0, "b": 1}, {"a": 1}]
     predicted = [{"a": 1, "b": 1}, {"a": 0, "b": 0}, {"a": 1, "c": 1}]
@@ -171,6 +221,7 @@ def test_evaluate_cli_prints_one_json_object(tmp_path: Path, tokenizer: PreTrain
         "ce_f1",
         "findings_auc",
         "narrative_agreement",
+        "site_agreement",
         "n",
     ):
         assert key in result
