@@ -63,6 +63,7 @@ def _sr_text(ds: Dataset) -> list[str]:
 
 def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
     from models.phantom import Finding, PhantomSpec, generate_study, write_study
+    from models.phantom.findings import SITE_ATTRIBUTES
 
     root = workdir or Path(tempfile.mkdtemp(prefix="msvlm-demo-"))
     study_dir = root / "study"
@@ -79,10 +80,16 @@ def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
         slices=32,
     )
     truth = write_study(generate_study(spec), study_dir)
-    print(
-        f"demo: wrote a phantom CT study to {study_dir} (planted: "
-        f"{', '.join(k for k, v in truth.labels.items() if v)})"
-    )
+    # with their sites, so that a reader can hold the SR's narrative against them (the demo
+    # model reads whether a finding is there far better than where: README, "Sites")
+    planted = [
+        f"{f.key} ({SITE_ATTRIBUTES[f.key]}: {f.attributes[SITE_ATTRIBUTES[f.key]]})"
+        if f.key in SITE_ATTRIBUTES and SITE_ATTRIBUTES[f.key] in f.attributes
+        else f.key
+        for f in truth.findings
+        if f.present
+    ]
+    print(f"demo: wrote a phantom CT study to {study_dir} (planted: {', '.join(planted)})")
 
     received: queue.Queue[Dataset] = queue.Queue()
 

@@ -69,3 +69,17 @@ def test_bad_configuration_stops_with_the_key_named(tmp_path: Path) -> None:
     result = _run("--config", str(config), "serve", cwd=tmp_path)
     assert result.returncode == 2
     assert "node.port" in result.stderr
+
+
+def test_demo_command_runs_the_loop_and_shows_where_the_findings_were_planted(tmp_path: Path) -> None:
+    """The README's first command: phantom study -> node -> SR at a PACS, printed.
+
+    The planted sites are printed so that a reader can hold the narrative against them.
+    """
+    result = _run("demo", "--workdir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    assert "planted: lung_nodule (lobe: right upper lobe), pleural_effusion (side: left)" in out
+    assert "SR received by DEMOPACS" in out
+    assert "Pulmonary nodule: Present" in out and "Pleural effusion: Present" in out
+    assert list((tmp_path / "demo" / "storage").rglob("*.dcm"))  # the study the node stored
