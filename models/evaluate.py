@@ -9,9 +9,10 @@ for phantoms, else dataset.jsonl labels, else the labeller on the reference repo
 findings head's macro AUC. On phantoms it also prints how often the narrative puts a finding
 it rightly names at its planted site (lobe, side, liver lobe, node station, rectal wall:
 `site_agreement`), since a report that finds the nodule in the wrong lobe sends the reader to
-the wrong place, and, per focal finding, the recall an ideal observer could reach (`models.phantom.detectability`: how many planted findings are
-above the Rose criterion in their best view), so that a model's misses can be told from
-findings nobody could see. `--json` prints exactly one JSON object. Phantoms are written to
+the wrong place, and, per focal finding, the recall an ideal observer could reach
+(`models.phantom.detectability`: how many planted findings are above the Rose criterion in
+their best view), so that a model's misses can be told from findings nobody could see.
+`--json` prints exactly one JSON object. Phantoms are written to
 a temporary folder with study seeds `seed * 100000 + index`; use a seed other than the
 training data's (training.json records it; a clash is refused). `--device` (auto, cpu,
 cuda, cuda:N) is where the model generates; on CUDA it runs in the precision the node's
