@@ -35,7 +35,7 @@ from typing import Any
 
 from models.msvlm import ReportGenerator
 from models.phantom.detectability import focal_signals
-from models.phantom.findings import SITE_ATTRIBUTES, site_vocabulary
+from models.phantom.findings import site_of, site_vocabulary
 from models.training.data import (
     DatasetError,
     IndexEntry,
@@ -65,12 +65,9 @@ def truth_sites(entry: IndexEntry) -> dict[str, str]:
     truth_file = entry.folder / "truth.json"
     if not truth_file.is_file():
         return {}
-    sites = {}
-    for finding in json.loads(truth_file.read_text())["findings"]:
-        attribute = SITE_ATTRIBUTES.get(finding["key"])
-        if finding["present"] and attribute and attribute in finding["attributes"]:
-            sites[finding["key"]] = str(finding["attributes"][attribute])
-    return sites
+    findings = json.loads(truth_file.read_text())["findings"]
+    sites = {f["key"]: site_of(f["key"], f["attributes"]) for f in findings if f["present"]}
+    return {key: site for key, site in sites.items() if site is not None}
 
 
 def site_agreement(

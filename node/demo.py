@@ -63,7 +63,7 @@ def _sr_text(ds: Dataset) -> list[str]:
 
 def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
     from models.phantom import Finding, PhantomSpec, generate_study, write_study
-    from models.phantom.findings import SITE_ATTRIBUTES
+    from models.phantom.findings import SITE_ATTRIBUTES, site_of
 
     root = workdir or Path(tempfile.mkdtemp(prefix="msvlm-demo-"))
     study_dir = root / "study"
@@ -83,9 +83,9 @@ def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
     # with their sites, so that a reader can hold the SR's narrative against them (the demo
     # model reads whether a finding is there far better than where: README, "Sites")
     planted = [
-        f"{f.key} ({SITE_ATTRIBUTES[f.key]}: {f.attributes[SITE_ATTRIBUTES[f.key]]})"
-        if f.key in SITE_ATTRIBUTES and SITE_ATTRIBUTES[f.key] in f.attributes
-        else f.key
+        f.key
+        if (site := site_of(f.key, f.attributes)) is None
+        else f"{f.key} ({SITE_ATTRIBUTES[f.key]}: {site})"
         for f in truth.findings
         if f.present
     ]

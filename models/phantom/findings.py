@@ -146,6 +146,12 @@ SITE_ATTRIBUTES: Mapping[str, str] = MappingProxyType(
 )
 
 
+def site_of(key: str, attributes: Mapping[str, Any]) -> str | None:
+    """Where a planted finding is, from its attributes (None when it has no site)."""
+    attribute = SITE_ATTRIBUTES.get(key)
+    return str(attributes[attribute]) if attribute and attribute in attributes else None
+
+
 def site_vocabulary(key: str) -> tuple[str, ...]:
     """The sites a report can name for finding ``key`` (empty when it has none)."""
     attribute = SITE_ATTRIBUTES.get(key)
