@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ from models.training.stages import (
     stage3a_findings,
 )
 
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"
 FINDINGS_FILE = "findings.json"
 TRAINING_FILE = "training.json"
 
@@ -82,20 +83,11 @@ def finding_modalities() -> dict[str, list[str]]:
     return {f.key: list(f.modalities) for f in FINDINGS}
 
 
-def finding_vocabulary() -> list[dict[str, str]]:
-    """models.phantom.FINDINGS as the node's findings.json entries."""
-    from models.phantom import FINDINGS
+def finding_vocabulary() -> list[dict[str, Any]]:
+    """models.phantom.FINDINGS, with their sites' codes, as the node's findings.json entries."""
+    from models.phantom.findings import vocabulary_entries
 
-    return [
-        {
-            "key": f.key,
-            "display": f.display,
-            "code_value": f.code.value,
-            "coding_scheme": f.code.scheme,
-            "code_meaning": f.code.meaning,
-        }
-        for f in FINDINGS
-    ]
+    return vocabulary_entries()
 
 
 def seed_everything(seed: int) -> None:
@@ -113,6 +105,8 @@ def build_tokenizer(reports: Sequence[str], config: ReportModelConfig) -> PreTra
 
 
 def make_config(preset: str, *, baseline: bool, vocab_size: int) -> ReportModelConfig:
+    from models.phantom.findings import site_vocabulary
+
     labels = [entry["key"] for entry in finding_vocabulary()]
     config: ReportModelConfig
     if baseline:
@@ -132,6 +126,10 @@ def make_config(preset: str, *, baseline: bool, vocab_size: int) -> ReportModelC
     # encoder towards them.
     config.findings_pooling = "per_finding"
     config.findings_loss_weight = 2.0
+    if not baseline:
+        # where each finding is, from the sites its reports name (the baseline keeps the
+        # paper's comparison: its figures predate the site head)
+        config.finding_sites = {key: list(sites) for key in labels if (sites := site_vocabulary(key))}
     config.model_version = MODEL_VERSION
     config.check()
     return config
@@ -189,7 +187,17 @@ def train_msvlm(
         lambda: stage2_align(model, processor, studies, features, schedule.align, seed=seed),
     ]
     if findings is not None:
-        steps.append(lambda: stage3a_findings(model, processor, studies, features, findings, seed=seed))
+        steps.append(
+            lambda: stage3a_findings(
+                model,
+                processor,
+                studies,
+                features,
+                findings,
+                seed=seed,
+                attention_weight=schedule.attention_supervision,
+            )
+        )
     steps.append(
         lambda: stage3_tune(
             model,

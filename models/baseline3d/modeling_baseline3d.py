@@ -103,6 +103,7 @@ class Baseline3dForReportGeneration(ReportModelBase):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         findings_labels: torch.Tensor | None = None,
+        site_labels: torch.Tensor | None = None,
     ) -> MsVlmOutput:
         """Same arguments as `MsVlmForReportGeneration.forward`, without precomputed features."""
         encoding = self.encode_study(pixel_values=pixel_values, slice_mask=slice_mask, view_ids=view_ids)
@@ -112,4 +113,5 @@ class Baseline3dForReportGeneration(ReportModelBase):
             attention_mask=attention_mask,
             labels=labels,
             findings_labels=findings_labels,
+            site_labels=site_labels,
         )

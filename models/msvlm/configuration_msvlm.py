@@ -113,6 +113,12 @@ class ReportModelConfig(PreTrainedConfig):
     #: the operating point: a finding whose probability is at least this is called present,
     #: both in the SR's coded findings and in the finding token the LM reads
     findings_threshold: float = 0.5
+    #: per finding, the sites a report can put it at (e.g. {"pleural_effusion": ["right", "left",
+    #: "bilateral"]}); the site head (`bridge.SiteHead`) names one for each present finding, its
+    #: call feeds that finding's token and the SR's Finding Site. Needs "per_finding" pooling:
+    #: the site is read from the finding's own pooled vector. None: no site head
+    finding_sites: dict[str, list[str]] | None = None
+    site_loss_weight: int | float = 1.0
     image_size: int = 224
     max_slices_per_view: int = 256
     ct_windows: list[list[int | float]] | None = None
@@ -189,6 +195,7 @@ class ReportModelConfig(PreTrainedConfig):
             f"findings_pooling must be one of {FINDINGS_POOLINGS}, got {self.findings_pooling!r}",
         )
         _require(self.findings_loss_weight >= 0, "findings_loss_weight must be >= 0")
+        self._check_sites()
         _require(
             0.0 < self.findings_threshold < 1.0,
             f"findings_threshold must lie strictly between 0 and 1, got {self.findings_threshold}",
@@ -218,6 +225,26 @@ class ReportModelConfig(PreTrainedConfig):
             text.max_position_embeddings > self.num_prefix_tokens + 2,
             "text_config.max_position_embeddings leaves no room after the visual (and finding) tokens",
         )
+
+    def _check_sites(self) -> None:
+        if not self.finding_sites:
+            return
+        assert self.finding_labels is not None
+        unknown = sorted(set(self.finding_sites) - set(self.finding_labels))
+        _require(not unknown, f"finding_sites names findings not in finding_labels: {unknown}")
+        _require(
+            self.findings_pooling == "per_finding",
+            "finding_sites needs findings_pooling 'per_finding' "
+            "(a site is read from its finding's pooled vector)",
+        )
+        for key, sites in self.finding_sites.items():
+            _require(len(sites) >= 2, f"finding_sites[{key!r}] needs at least two sites, got {sites}")
+            _check_unique_names(f"finding_sites[{key!r}]", sites)
+        _require(self.site_loss_weight >= 0, "site_loss_weight must be >= 0")
+
+    def sites_of(self, label: str) -> list[str]:
+        """The sites of finding `label` (empty when it has none)."""
+        return list((self.finding_sites or {}).get(label, []))
 
     def validate_report_model(self) -> None:
         """Hook for transformers' strict validation, which runs again at save time."""

@@ -116,13 +116,15 @@ class MsVlmForReportGeneration(ReportModelBase):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         findings_labels: torch.Tensor | None = None,
+        site_labels: torch.Tensor | None = None,
         slice_features: torch.Tensor | None = None,
     ) -> MsVlmOutput:
         """Training/evaluation forward.
 
         pixel_values (B, V, Z, 3, S, S) or slice_features (B, V, Z, D_vision); slice_mask
         (B, V, Z) bool; view_ids (B, V); input_ids/attention_mask/labels (B, T) as made by
-        `MsVlmProcessor`; findings_labels (B, F) with 1/0 and -1 for "not annotated".
+        `MsVlmProcessor`; findings_labels (B, F) with 1/0 and -1 for "not annotated"; site_labels
+        (B, F) the index of each finding's site in `config.finding_sites`, -1 unknown.
         """
         if slice_mask is None or view_ids is None:
             raise ValueError("slice_mask and view_ids are required")
@@ -135,4 +137,5 @@ class MsVlmForReportGeneration(ReportModelBase):
             attention_mask=attention_mask,
             labels=labels,
             findings_labels=findings_labels,
+            site_labels=site_labels,
         )

@@ -23,7 +23,7 @@ import importlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -48,11 +48,16 @@ class ReportOutput:
     `present` is the call at the model's `findings_threshold`, the same one its narrative was
     generated from, so the SR's coded findings and its text say the same. Findings the model
     was not trained to assess in the study's modalities (`finding_modalities`) are left out.
+
+    `sites` gives, for each finding called present that has sites (`finding_sites`), the site
+    head's call and its probability: the site the finding token told the narrative. Empty for
+    a model without a site head.
     """
 
     text: str
     findings: dict[str, float]
     present: dict[str, bool]
+    sites: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 Precision = Literal["auto", "float32", "mixed", "bfloat16"]
@@ -152,14 +157,30 @@ class ReportGenerator:
         probabilities = torch.sigmoid(output.findings_logits.float()).cpu().tolist()
         calls = self.model.findings_present(output.findings_logits).cpu().tolist()
         labels = self.processor.settings.finding_labels
+        site_probabilities = (
+            torch.softmax(output.site_logits.float(), dim=-1).cpu()
+            if output.site_logits is not None
+            else None
+        )
         outputs = []
-        for study, text, probs, called in zip(studies, texts, probabilities, calls, strict=True):
+        for b, (study, text, probs, called) in enumerate(
+            zip(studies, texts, probabilities, calls, strict=True)
+        ):
             applies = set(self.model.config.findings_for(view.modality for view in study))
+            present = {k: c for k, c in zip(labels, called, strict=True) if k in applies}
+            sites = {}
+            if site_probabilities is not None:
+                for j, key in enumerate(labels):
+                    names = self.model.config.sites_of(key)
+                    if names and present.get(key):
+                        best = int(site_probabilities[b, j, : len(names)].argmax())
+                        sites[key] = (names[best], float(site_probabilities[b, j, best]))
             outputs.append(
                 ReportOutput(
                     text=text,
                     findings={k: p for k, p in zip(labels, probs, strict=True) if k in applies},
-                    present={k: c for k, c in zip(labels, called, strict=True) if k in applies},
+                    present=present,
+                    sites=sites,
                 )
             )
         return outputs

@@ -21,7 +21,15 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .bridge import FindingsHead, FindingsPrompt, PerceiverResampler, VisualBridge, findings_loss
+from .bridge import (
+    FindingsHead,
+    FindingsPrompt,
+    PerceiverResampler,
+    SiteHead,
+    VisualBridge,
+    findings_loss,
+    site_loss,
+)
 from .configuration_msvlm import ReportModelConfig
 
 IGNORE_INDEX = -100
@@ -39,9 +47,11 @@ class VisualEncoding:
 class MsVlmOutput(ModelOutput):
     """Forward output.
 
-    loss: lm_loss + findings_loss_weight * findings_loss (whichever are available).
+    loss: lm_loss + findings_loss_weight * findings_loss + site_loss_weight * site_loss
+        (whichever are available).
     logits: LM logits over the whole sequence (visual + text), (B, K + T, vocab).
     findings_logits: (B, num_findings), before the sigmoid.
+    site_logits: (B, num_findings, widest site list), before the softmax, with a site head.
     visual_tokens: the embeddings fed to the LM before the prompt, (B, K (+ F), D_lm): the
         bridge output, then the finding tokens when `config.findings_tokens`.
     """
@@ -49,17 +59,21 @@ class MsVlmOutput(ModelOutput):
     loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     findings_loss: torch.Tensor | None = None
+    site_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     findings_logits: torch.Tensor | None = None
+    site_logits: torch.Tensor | None = None
     visual_tokens: torch.Tensor | None = None
 
 
 @dataclass
 class MsVlmGenerationOutput(ModelOutput):
-    """sequences: generated token ids only (B, <= max_new_tokens); findings_logits (B, F)."""
+    """sequences: generated token ids only (B, <= max_new_tokens); findings_logits (B, F);
+    site_logits (B, F, S) with a site head."""
 
     sequences: torch.Tensor | None = None
     findings_logits: torch.Tensor | None = None
+    site_logits: torch.Tensor | None = None
 
 
 class ReportModelBase(PreTrainedModel):
@@ -88,8 +102,18 @@ class ReportModelBase(PreTrainedModel):
             pooling=config.findings_pooling,
             eps=config.layer_norm_eps,
         )
+        site_counts = [len(config.sites_of(label)) for label in config.finding_labels]
+        self.site_head = (
+            SiteHead(hidden_size=config.visual_hidden_size, site_counts=site_counts)
+            if any(site_counts)
+            else None
+        )
         self.findings_prompt = (
-            FindingsPrompt(num_labels=len(config.finding_labels), lm_hidden_size=config.text.hidden_size)
+            FindingsPrompt(
+                num_labels=len(config.finding_labels),
+                lm_hidden_size=config.text.hidden_size,
+                max_sites=max(site_counts),
+            )
             if config.findings_tokens
             else None
         )
@@ -102,6 +126,11 @@ class ReportModelBase(PreTrainedModel):
         if isinstance(module, FindingsPrompt):
             init.normal_(module.present, mean=0.0, std=self.config.initializer_range)
             init.normal_(module.absent, mean=0.0, std=self.config.initializer_range)
+            if module.site is not None:
+                init.normal_(module.site, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, SiteHead):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.bias)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.language_model.get_input_embeddings()
@@ -112,11 +141,20 @@ class ReportModelBase(PreTrainedModel):
         """(B, V, Z, 3, S, S) pixels, (B, V, Z) slice mask, (B, V) view ids -> visual tokens."""
         raise NotImplementedError
 
+    def heads(self, encoding: VisualEncoding) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The findings head's logits (B, F) and, with a site head, the site logits (B, F, S)."""
+        pooled = self.findings_head.pooled(encoding.tokens, encoding.mask)
+        findings_logits = self.findings_head.classify(pooled)
+        site_logits = self.site_head(pooled) if self.site_head is not None else None
+        return findings_logits, site_logits
+
     def prefix_tokens(
         self,
         encoding: VisualEncoding,
         findings_logits: torch.Tensor,
         findings_labels: torch.Tensor | None = None,
+        site_logits: torch.Tensor | None = None,
+        site_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The LM's input embeddings before the prompt: bridge output, then finding tokens.
 
@@ -126,7 +164,8 @@ class ReportModelBase(PreTrainedModel):
         probability: training feeds the LM labels of 0 or 1, so a probability near the
         threshold would be an input it never saw, and the narrative could then contradict
         the coded finding the SR carries beside it (on the demo's held-out phantoms, 3.4% of
-        study-finding pairs with the probability, 0.6% with the call).
+        study-finding pairs with the probability, 0.6% with the call). Sites likewise: the
+        study's (`site_labels`, -1 unknown) where known, the site head's call elsewhere.
         """
         visual_tokens = self.bridge(encoding.tokens, encoding.mask)
         if self.findings_prompt is None:
@@ -135,7 +174,12 @@ class ReportModelBase(PreTrainedModel):
         if findings_labels is not None:
             known = findings_labels >= 0
             calls = torch.where(known, findings_labels.float(), calls)
-        finding_tokens = self.findings_prompt(calls).to(visual_tokens.dtype)
+        sites = None
+        if self.site_head is not None and site_logits is not None:
+            sites = self.site_head.calls(site_logits)
+            if site_labels is not None:
+                sites = torch.where(site_labels >= 0, site_labels, sites)
+        finding_tokens = self.findings_prompt(calls, sites).to(visual_tokens.dtype)
         return torch.cat([visual_tokens, finding_tokens], dim=1)
 
     def findings_present(self, findings_logits: torch.Tensor) -> torch.Tensor:
@@ -168,14 +212,22 @@ class ReportModelBase(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         findings_labels: torch.Tensor | None = None,
+        site_labels: torch.Tensor | None = None,
     ) -> MsVlmOutput:
-        """Bridge + LM + findings head + losses from an already computed `VisualEncoding`.
+        """Bridge + LM + findings and site heads + losses from an already computed `VisualEncoding`.
 
-        Without `input_ids` only the findings head runs (classification-only training).
+        Without `input_ids` only the heads run (classification-only training).
         """
-        findings_logits = self.findings_head(encoding.tokens, encoding.mask)
+        findings_logits, site_logits = self.heads(encoding)
         f_loss = findings_loss(findings_logits, findings_labels) if findings_labels is not None else None
-        visual_tokens = self.prefix_tokens(encoding, findings_logits, findings_labels)
+        s_loss = (
+            site_loss(site_logits, site_labels)
+            if site_logits is not None and site_labels is not None
+            else None
+        )
+        visual_tokens = self.prefix_tokens(
+            encoding, findings_logits, findings_labels, site_logits, site_labels
+        )
         logits = lm_loss = None
         if input_ids is not None:
             if attention_mask is None:
@@ -191,17 +243,23 @@ class ReportModelBase(PreTrainedModel):
                 use_cache=False,
             )
             logits, lm_loss = lm_output.logits, lm_output.loss
-        loss = None
-        if lm_loss is not None and f_loss is not None:
-            loss = lm_loss + self.config.findings_loss_weight * f_loss
-        elif lm_loss is not None or f_loss is not None:
-            loss = lm_loss if lm_loss is not None else f_loss
+        weighted = [
+            term
+            for term in (
+                lm_loss,
+                None if f_loss is None else self.config.findings_loss_weight * f_loss,
+                None if s_loss is None else self.config.site_loss_weight * s_loss,
+            )
+            if term is not None
+        ]
         return MsVlmOutput(
-            loss=loss,
+            loss=sum(weighted[1:], weighted[0]) if weighted else None,
             lm_loss=lm_loss,
             findings_loss=f_loss,
+            site_loss=s_loss,
             logits=logits,
             findings_logits=findings_logits,
+            site_logits=site_logits,
             visual_tokens=visual_tokens,
         )
 
@@ -248,8 +306,8 @@ class ReportModelBase(PreTrainedModel):
         """Generate report tokens after left-padded prompts; also returns the findings logits."""
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("generation prompts must be left-padded (last position real in every row)")
-        findings_logits = self.findings_head(encoding.tokens, encoding.mask)
-        visual_tokens = self.prefix_tokens(encoding, findings_logits)
+        findings_logits, site_logits = self.heads(encoding)
+        visual_tokens = self.prefix_tokens(encoding, findings_logits, site_logits=site_logits)
         embeds, mask, _, _ = self._assemble(visual_tokens, input_ids, attention_mask, None)
         sequences = self.language_model.generate(
             inputs_embeds=embeds,
@@ -258,7 +316,9 @@ class ReportModelBase(PreTrainedModel):
                 max_new_tokens=max_new_tokens, num_beams=num_beams, static_cache=static_cache
             ),
         )
-        return MsVlmGenerationOutput(sequences=sequences, findings_logits=findings_logits)
+        return MsVlmGenerationOutput(
+            sequences=sequences, findings_logits=findings_logits, site_logits=site_logits
+        )
 
     @torch.inference_mode()
     def generate(

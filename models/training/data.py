@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from models.msvlm.configuration_msvlm import ReportModelConfig
 from models.msvlm.processing_msvlm import MsVlmBatch, MsVlmProcessor, ViewInput
+from models.training.labeller import PATTERNS as LABELLED_FINDINGS
+from models.training.labeller import stated_site
 
 if TYPE_CHECKING:
     from models.phantom import PhantomSpec
@@ -411,6 +414,35 @@ def text_batch(
             for study in studies
         ],
     )
+
+
+def site_labels(config: ReportModelConfig, studies: Sequence[StudyRecord]) -> torch.Tensor:
+    """(N, F) per study and finding: the index in `config.sites_of(finding)` of the site its
+    report states for the finding, -1 when the finding is not present, has no sites, or the
+    report names none (the rule-based labeller reads it: `labeller.stated_site`)."""
+    assert config.finding_labels is not None
+    out = torch.full((len(studies), len(config.finding_labels)), -1, dtype=torch.long)
+    for j, key in enumerate(config.finding_labels):
+        sites = config.sites_of(key)
+        if not sites or key not in LABELLED_FINDINGS:
+            continue
+        for i, study in enumerate(studies):
+            if study.labels.get(key) == 1:
+                site = stated_site(study.report, key, sites)
+                if site is not None:
+                    out[i, j] = sites.index(site)
+    return out
+
+
+def token_slice_targets(studies: Sequence[StudyRecord], length: int, num_labels: int) -> torch.Tensor:
+    """(B, length, F) slice targets in the Z-former's token order (views one after another, as
+    `zformer.pack_views` lays them out), -1 for padding and for studies without targets."""
+    out = torch.full((len(studies), length, num_labels), -1.0)
+    for b, study in enumerate(studies):
+        if study.slice_targets:
+            flat = torch.cat(study.slice_targets)[:length]
+            out[b, : flat.shape[0]] = flat
+    return out
 
 
 def view_ids(

@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.msvlm.bridge import findings_loss
+from models.msvlm.bridge import attention_loss, findings_loss, site_loss
 from models.msvlm.lora import LoraSettings, add_lora, merge_lora
 from models.msvlm.modeling_msvlm import MsVlmForReportGeneration
 from models.msvlm.processing_msvlm import MsVlmProcessor
 from models.msvlm.report_model import ReportModelBase, VisualEncoding
 from models.msvlm.zformer import pack_views
 
-from .data import StudyRecord, batches, pad_views, text_batch, view_ids
+from .data import StudyRecord, batches, pad_views, site_labels, text_batch, token_slice_targets, view_ids
 from .device import module_device, training_autocast
 from .dino import DinoSettings
 
@@ -77,6 +77,11 @@ class Schedule:
     #: stage 3a: the Z-former and the findings head learn the findings alone, and stage 3
     #: then leaves them as they are (None: no stage 3a; stage 3 trains them with the LM)
     findings: StageSettings | None = None
+    #: stage 3a: weight of `bridge.attention_loss`, which puts each finding's pooling weight on
+    #: the slices the answer keys say show it (0: not supervised). Why: a site head reads the
+    #: finding's pooled vector, which tells where the finding is only if it comes from those
+    #: slices (0.31 of the weight for the nodule without it, 0.58-0.64 with it; README "Sites")
+    attention_supervision: float = 0.0
     #: stage 3 also tunes the top N layers (and final norm) of the slice encoder; the hidden
     #: states entering them are cached once, so this costs N/L of a full encoder pass
     tune_vision_layers: int = 0
@@ -133,6 +138,7 @@ def _msvlm_schedule(preset: str) -> Schedule:
             tune=StageSettings(epochs=4, lr=2e-3, batch_size=2),
             slice_findings=StageSettings(epochs=1, lr=1e-3, batch_size=4),
             findings=StageSettings(epochs=2, lr=1e-3, batch_size=2),
+            attention_supervision=1.0,
             tune_vision_layers=1,
         )
     if preset == "demo":
@@ -146,6 +152,7 @@ def _msvlm_schedule(preset: str) -> Schedule:
             # slices rose from AUC 0.67 to 0.86 (nodule) and 0.62 to 0.85 (lymph nodes) with them
             slice_findings=StageSettings(epochs=2, lr=1e-3, batch_size=32),
             findings=StageSettings(epochs=25, lr=1e-3, batch_size=16, weight_decay=0.05),
+            attention_supervision=1.0,
         )
     if preset == "full":
         return Schedule(
@@ -270,6 +277,8 @@ def _report_step(
     """A report-loss step (and findings loss `with_findings`) on what `encode` gives."""
     device = module_device(model)
 
+    sites = site_labels(model.config, studies) if with_findings else None
+
     def step(index: list[int]) -> torch.Tensor:
         text = text_batch(processor, [studies[i] for i in index]).to(device)
         out = model.forward_from_encoding(
@@ -278,6 +287,7 @@ def _report_step(
             attention_mask=text.attention_mask,
             labels=text.labels,
             findings_labels=text.findings_labels if with_findings else None,
+            site_labels=sites[index].to(device) if sites is not None else None,
         )
         assert out.loss is not None
         return out.loss
@@ -504,18 +514,41 @@ def _msvlm_step(
 
 
 def _findings_step(
-    model: ReportModelBase, processor: MsVlmProcessor, studies: Sequence[StudyRecord], encode: Encode
+    model: ReportModelBase,
+    processor: MsVlmProcessor,
+    studies: Sequence[StudyRecord],
+    encode: Encode,
+    *,
+    attention_weight: float = 0.0,
 ) -> Callable[[list[int]], torch.Tensor]:
-    """A findings-loss step (study labels alone, no report) on what `encode` gives."""
+    """A step on the study labels alone (no report) on what `encode` gives: the findings loss,
+    the site loss (`site_loss_weight`) with a site head, and `attention_weight` times
+    `bridge.attention_loss`."""
     device = module_device(model)
+    sites = site_labels(model.config, studies) if model.site_head is not None else None
 
     def step(index: list[int]) -> torch.Tensor:
-        labels = text_batch(processor, [studies[i] for i in index], with_reports=False).findings_labels
+        chosen = [studies[i] for i in index]
+        labels = text_batch(processor, chosen, with_reports=False).findings_labels
         assert labels is not None
+        labels = labels.to(device)
         encoding = encode(index)
-        return findings_loss(model.findings_head(encoding.tokens, encoding.mask), labels.to(device))
+        findings_logits, site_logits = model.heads(encoding)
+        loss = findings_loss(findings_logits, labels)
+        if site_logits is not None and sites is not None:
+            loss = loss + model.config.site_loss_weight * site_loss(site_logits, sites[index].to(device))
+        if attention_weight > 0:
+            weights = model.findings_head.attention(encoding.tokens, encoding.mask)
+            targets = token_slice_targets(chosen, weights.shape[1], weights.shape[2]).to(device)
+            loss = loss + attention_weight * attention_loss(weights, targets, labels)
+        return loss
 
     return step
+
+
+def _heads(model: ReportModelBase) -> list[nn.Module]:
+    """The findings head and, when the model has one, the site head."""
+    return [model.findings_head] + ([model.site_head] if model.site_head is not None else [])
 
 
 def _bridge_modules(model: ReportModelBase) -> list[nn.Module]:
@@ -531,16 +564,24 @@ def stage3a_findings(
     settings: StageSettings,
     *,
     seed: int,
+    attention_weight: float = 0.0,
 ) -> StageLog:
-    """Stage 3a: the Z-former and the findings head learn the study labels alone.
+    """Stage 3a: the Z-former and the findings (and site) heads learn the study labels alone.
 
     Why: trained beside the report loss (stage 3), the Z-former did not pass on what the
     slice features show (effusion: findings-head AUC 0.59, against 0.88 for the same
-    Z-former and head trained on the findings alone, on the same features).
+    Z-former and head trained on the findings alone, on the same features). The site head
+    learns here too, and `attention_weight` supervises where each finding pools from.
     """
-    params = _only_train(model, model.zformer, model.findings_head)
+    params = _only_train(model, model.zformer, *_heads(model))
     model.train()
-    step = _findings_step(model, processor, studies, _from_features(model, processor, studies, features))
+    step = _findings_step(
+        model,
+        processor,
+        studies,
+        _from_features(model, processor, studies, features),
+        attention_weight=attention_weight,
+    )
     log = run_stage("stage3a findings", params, settings, len(studies), step, seed=seed + 6)
     model.eval()
     return log
@@ -629,7 +670,7 @@ def stage3_tune(
         model.to(device)  # type: ignore[arg-type]
     modules: list[nn.Module] = _bridge_modules(model)
     if not findings_learned:
-        modules += [model.zformer, model.findings_head]
+        modules += [model.zformer, *_heads(model)]
     hidden: list[list[torch.Tensor]] = []
     if tune_vision_layers > 0:
         start = time.perf_counter()
@@ -740,7 +781,7 @@ def baseline_stages(
     if schedule.lora is not None:
         add_lora(model, schedule.lora)
         model.to(module_device(model))  # type: ignore[arg-type]
-    head = [model.findings_head] if encoder else []  # the findings stage trained it otherwise
+    head = _heads(model) if encoder else []  # the findings stage trained them otherwise
     params = _only_train(model, *encoder, *_bridge_modules(model), *head)
     params += _language_model_parameters(model, lora=schedule.lora is not None)
     model.train()
@@ -765,7 +806,7 @@ def baseline_findings(
     and 3a); the baseline gets the same advantage at the same budget, so that the comparison
     is of the encoder designs, not of the recipes.
     """
-    params = _only_train(model, model.get_submodule("volume_encoder"), model.findings_head)
+    params = _only_train(model, model.get_submodule("volume_encoder"), *_heads(model))
     model.train()
     step = _findings_step(model, processor, studies, _from_pixels(model, processor, studies))
     log = run_stage("stage3a findings from pixels", params, settings, len(studies), step, seed=seed + 6)

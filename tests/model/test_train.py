@@ -64,7 +64,12 @@ def test_tiny_run_of_all_stages_lowers_the_loss_and_saves_a_loadable_model(
     assert config["finding_modalities"] == {f.key: list(f.modalities) for f in FINDINGS}
     findings = json.loads((out / "findings.json").read_text())
     assert [f["key"] for f in findings] == [f.key for f in FINDINGS]
-    assert set(findings[0]) == {"key", "display", "code_value", "coding_scheme", "code_meaning"}
+    assert set(findings[0]) == {"key", "display", "code_value", "coding_scheme", "code_meaning", "sites"}
+    # the site head covers the findings that have sites, and the node can code each of its sites
+    assert config["finding_sites"] == {
+        f["key"]: [s["name"] for s in f["sites"]] for f in findings if "sites" in f
+    }
+    assert "cardiomegaly" not in config["finding_sites"] and len(config["finding_sites"]) == 5
 
     generator = ReportGenerator.from_pretrained(out)
     assert isinstance(generator.model, MsVlmForReportGeneration)
