@@ -202,6 +202,7 @@ host = "127.0.0.1"
             "findings: "
             + ", ".join(
                 f"{f['display']} {'PRESENT' if f['present'] else 'absent'} p={f['probability']:.2f}"
+                + (f" [site: {f['site']}, p={f['site_probability']:.2f}]" if "site" in f else "")
                 for f in detail["result"]["findings"]
             )
         )

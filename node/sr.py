@@ -10,6 +10,8 @@ readable error instead of producing an SR that a PACS rejects or a viewer cannot
       CONTAINS CONTAINER (121070, DCM, "Findings")  SEPARATE
         CONTAINS TEXT (121071, DCM, "Finding")  the narrative, hard-wrapped
         CONTAINS CODE <finding concept> = Present | Absent     one per findings-head output
+          HAS CONCEPT MOD CODE (363698007, SCT, "Finding Site") = <structure>   present, with a site
+            HAS CONCEPT MOD CODE <Laterality | Topographical modifier> = <value>   when the site has one
           HAS PROPERTIES TEXT (122157, DCM, "Probability") = "0.031"      (Comprehensive SR)
         CONTAINS TEXT (122157, DCM, "Probability") = "0.031"  right after its CODE  (Basic Text SR)
       CONTAINS CONTAINER (121072, DCM, "Impressions")  SEPARATE
@@ -53,6 +55,7 @@ FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
 IMPRESSIONS = hd.sr.CodedConcept("121072", "DCM", "Impressions")
 IMPRESSION = hd.sr.CodedConcept("121073", "DCM", "Impression")
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+FINDING_SITE = hd.sr.CodedConcept("363698007", "SCT", "Finding Site")
 #: CID 240/241 "Present-Absent": SNOMED CT 272519000 replaced the inactive 2667000 for Absent.
 PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
@@ -60,7 +63,7 @@ LANGUAGE_EN_US = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)
 #: IHE AI Results (AIR) Rev 1.1, 6.5.3.1: each algorithm behind a result is a Contributing
 #: Equipment item with this purpose; DICOM CID 7005 has no standard code for it (yet).
 PROCESSING_ALGORITHM = hd.sr.CodedConcept("Newcode1", "99IHE", "Processing Algorithm")
-_SCHEME_NAMES = {"99IHE": "IHE temporary codes"}
+_SCHEME_NAMES = {"99IHE": "IHE temporary codes", "99MSVLM": "msvlm-node local codes"}
 _ALGORITHM_UID_NAMESPACE = uuid.UUID("8f0a3c52-0a5e-4c4f-9d8e-6d2b1f5e7a31")
 
 DocumentKind = Literal["basic", "comprehensive"]
@@ -118,9 +121,60 @@ def _positive_int(value: object, what: str) -> int:
     return value
 
 
+#: a coded concept as (CodeValue, CodingSchemeDesignator, CodeMeaning)
+CodeTriple = tuple[str, str, str]
+
+
+def _code(value: object, what: str) -> hd.sr.CodedConcept:
+    _typed(value, tuple, what)
+    assert isinstance(value, tuple)
+    if len(value) != 3:
+        raise ValueError(f"{what} must be (code value, coding scheme, code meaning)")
+    code_value = _text(value[0], f"{what} code value", max_len=1024)
+    scheme = _text(value[1], f"{what} coding scheme", max_len=16)
+    return hd.sr.CodedConcept(code_value, scheme, _text(value[2], f"{what} code meaning"))
+
+
+@dataclass(frozen=True)
+class FindingSite:
+    """Where a present finding is, as the site head called it: the words (``name``, what the
+    narrative says), the anatomic structure and, where the words need one, a modifier as
+    (concept name, value), e.g. Upper lobe of lung with (Laterality, Right)."""
+
+    name: str
+    structure: CodeTriple
+    modifier: tuple[CodeTriple, CodeTriple] | None = None
+
+    def __post_init__(self) -> None:
+        _text(self.name, "FindingSite.name")
+        _code(self.structure, "FindingSite.structure")
+        if self.modifier is not None:
+            _typed(self.modifier, tuple, "FindingSite.modifier")
+            if len(self.modifier) != 2:
+                raise ValueError("FindingSite.modifier must be (concept name, value)")
+            _code(self.modifier[0], "FindingSite.modifier name")
+            _code(self.modifier[1], "FindingSite.modifier value")
+
+    @property
+    def schemes(self) -> set[str]:
+        codes_used = [self.structure, *(self.modifier or ())]
+        return {scheme for _, scheme, _ in codes_used}
+
+    def item(self) -> hd.sr.CodeContentItem:
+        """The Finding Site content item (HAS CONCEPT MOD of its finding), with its modifier."""
+        site = hd.sr.CodeContentItem(FINDING_SITE, _code(self.structure, "site"), "HAS CONCEPT MOD")
+        if self.modifier is not None:
+            name, value = self.modifier
+            site.ContentSequence = hd.sr.ContentSequence(
+                [hd.sr.CodeContentItem(_code(name, "modifier"), _code(value, "modifier"), "HAS CONCEPT MOD")]
+            )
+        return site
+
+
 @dataclass(frozen=True)
 class CodedFinding:
-    """One output of the findings head: a coded concept, present or absent, and P(present)."""
+    """One output of the findings head: a coded concept, present or absent, P(present) and,
+    for a present finding whose model names sites, where it is."""
 
     key: str
     display: str
@@ -129,6 +183,7 @@ class CodedFinding:
     code_meaning: str
     probability: float
     present: bool
+    site: FindingSite | None = None
 
     def __post_init__(self) -> None:
         _text(self.key, "CodedFinding.key")
@@ -141,6 +196,10 @@ class CodedFinding:
         p = self.probability
         if not (math.isfinite(p) and 0.0 <= p <= 1.0):
             raise ValueError(f"CodedFinding.probability must be within [0, 1], got {p!r} for {self.key!r}")
+        if self.site is not None:
+            _typed(self.site, FindingSite, "CodedFinding.site")
+            if not self.present:
+                raise ValueError(f"CodedFinding.site is given for {self.key!r}, which is absent")
 
     @property
     def concept(self) -> hd.sr.CodedConcept:
@@ -310,10 +369,12 @@ def _content(
         )
         value = f"{finding.probability:.3f}"
         findings_items.append(code)
+        children: list[hd.sr.ContentItem] = [finding.site.item()] if finding.site is not None else []
         if nested:
-            probability = hd.sr.TextContentItem(PROBABILITY, value, "HAS PROPERTIES")
-            code.ContentSequence = hd.sr.ContentSequence([probability])
-        else:
+            children.append(hd.sr.TextContentItem(PROBABILITY, value, "HAS PROPERTIES"))
+        if children:
+            code.ContentSequence = hd.sr.ContentSequence(children)
+        if not nested:
             findings_items.append(hd.sr.TextContentItem(PROBABILITY, value, "CONTAINS"))
     findings_section = hd.sr.ContainerContentItem(
         FINDINGS, is_content_continuous=False, relationship_type="CONTAINS"
@@ -430,10 +491,12 @@ def build_report_sr(
         algorithm.name,
         algorithm.version,
         *(f.code_meaning for f in findings),
+        *(f.site.name for f in findings if f.site is not None),
     ]
     # UTF-8 when our text needs it: the copied patient/study values are decoded str and re-encode.
     charset = header.get("SpecificCharacterSet") if all(s.isascii() for s in ours) else "ISO_IR 192"
-    schemes = sorted({"99IHE", *(f.coding_scheme for f in findings if f.coding_scheme.startswith("99"))})
+    used = {f.coding_scheme for f in findings} | {s for f in findings if f.site for s in f.site.schemes}
+    schemes = sorted({"99IHE", *(scheme for scheme in used if scheme.startswith("99"))})
     node_equipment = hd.ContributingEquipment(
         manufacturer=SR_MANUFACTURER,
         purpose_of_reference=codes.DCM.ProcessingEquipment,

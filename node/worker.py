@@ -227,6 +227,8 @@ def _process(
             code_meaning=code.code_meaning,
             probability=float(probability),
             present=output.present[key],
+            # the site the narrative was told; coded when the vocabulary codes that site
+            site=code.sites.get(output.sites[key][0]) if key in output.sites else None,
         )
         for key, probability in output.findings.items()
         if (code := ctx.codes.get(key)) is not None
@@ -280,6 +282,11 @@ def _process(
                 "code": f"{f.coding_scheme}:{f.code_value}",
                 "present": f.present,
                 "probability": round(f.probability, 4),
+                **(
+                    {"site": output.sites[f.key][0], "site_probability": round(output.sites[f.key][1], 4)}
+                    if f.key in output.sites
+                    else {}
+                ),
             }
             for f in coded
         ]

@@ -146,6 +146,91 @@ SITE_ATTRIBUTES: Mapping[str, str] = MappingProxyType(
 )
 
 
+class SiteCode(NamedTuple):
+    """A site coded for the SR's Finding Site: an anatomic structure and, where the words need
+    one, a modifier as (concept name, value), e.g. Upper lobe of lung with (Laterality, Right)."""
+
+    structure: Code
+    modifier: tuple[Code, Code] | None = None
+
+
+# SNOMED CT codes as pydicom's DICOM code dictionary (PS3.16) lists them; no SNOMED code for a
+# mesorectal node is in it, so that one is ours (99MSVLM). Laterality (CID 244) sides lungs and
+# pleura; the topographical modifier (CID 2 values) places a liver lobe and a rectal wall.
+_LATERALITY = Code("272741003", "SCT", "Laterality")
+_TOPOGRAPHY = Code("106233006", "SCT", "Topographical modifier")
+_RIGHT, _LEFT = Code("24028007", "SCT", "Right"), Code("7771000", "SCT", "Left")
+_UPPER_LOBE = Code("45653009", "SCT", "Upper lobe of lung")
+_LOWER_LOBE = Code("90572001", "SCT", "Lower lobe of lung")
+_PLEURA = Code("3120008", "SCT", "Pleura")
+_LIVER = Code("10200004", "SCT", "Liver")
+_RECTUM = Code("34402009", "SCT", "Rectum")
+
+#: per finding and site (the words of `site_vocabulary`), its coded Finding Site
+SITE_CODES: Mapping[str, Mapping[str, SiteCode]] = MappingProxyType(
+    {
+        "lung_nodule": {
+            "right upper lobe": SiteCode(_UPPER_LOBE, (_LATERALITY, _RIGHT)),
+            "right middle lobe": SiteCode(Code("72481006", "SCT", "Middle lobe of right lung")),
+            "right lower lobe": SiteCode(_LOWER_LOBE, (_LATERALITY, _RIGHT)),
+            "left upper lobe": SiteCode(_UPPER_LOBE, (_LATERALITY, _LEFT)),
+            "left lower lobe": SiteCode(_LOWER_LOBE, (_LATERALITY, _LEFT)),
+        },
+        "pleural_effusion": {
+            "right": SiteCode(_PLEURA, (_LATERALITY, _RIGHT)),
+            "left": SiteCode(_PLEURA, (_LATERALITY, _LEFT)),
+            "bilateral": SiteCode(_PLEURA, (_LATERALITY, Code("51440002", "SCT", "Bilateral"))),
+        },
+        "liver_lesion": {
+            "right lobe": SiteCode(_LIVER, (_TOPOGRAPHY, _RIGHT)),
+            "left lobe": SiteCode(_LIVER, (_TOPOGRAPHY, _LEFT)),
+        },
+        "lymphadenopathy": {
+            "mediastinal": SiteCode(Code("62683002", "SCT", "Mediastinal lymph node")),
+            "retroperitoneal": SiteCode(Code("91394001", "SCT", "Retroperitoneal lymph node")),
+            "mesorectal": SiteCode(Code("mesorectal-node", "99MSVLM", "Mesorectal lymph node")),
+            "pelvic sidewall": SiteCode(Code("54268001", "SCT", "Pelvic lymph node")),
+        },
+        "rectal_lesion": {
+            "anterior": SiteCode(_RECTUM, (_TOPOGRAPHY, Code("255549009", "SCT", "Anterior"))),
+            "posterior": SiteCode(_RECTUM, (_TOPOGRAPHY, Code("255551008", "SCT", "Posterior"))),
+            "left": SiteCode(_RECTUM, (_TOPOGRAPHY, _LEFT)),
+            "right": SiteCode(_RECTUM, (_TOPOGRAPHY, _RIGHT)),
+        },
+    }
+)
+
+
+def vocabulary_entries() -> list[dict[str, Any]]:
+    """The vocabulary as the entries of a model folder's ``findings.json`` (what the node codes
+    the SR with): each finding's code and, for a finding with sites, each site's code."""
+    entries: list[dict[str, Any]] = []
+    for f in FINDINGS:
+        entry: dict[str, Any] = {
+            "key": f.key,
+            "display": f.display,
+            "code_value": f.code.value,
+            "coding_scheme": f.code.scheme,
+            "code_meaning": f.code.meaning,
+        }
+        sites = SITE_CODES.get(f.key, {})
+        if sites:
+            entry["sites"] = [
+                {
+                    "name": name,
+                    "structure": list(site.structure),
+                    **(
+                        {"modifier": [list(site.modifier[0]), list(site.modifier[1])]}
+                        if site.modifier
+                        else {}
+                    ),
+                }
+                for name, site in sites.items()
+            ]
+        entries.append(entry)
+    return entries
+
+
 def site_of(key: str, attributes: Mapping[str, Any]) -> str | None:
     """Where a planted finding is, from its attributes (None when it has no site)."""
     attribute = SITE_ATTRIBUTES.get(key)

@@ -17,6 +17,7 @@ from pydicom import dcmread
 from sqlalchemy import func, select, text
 
 from models.phantom import FINDINGS
+from models.phantom.findings import vocabulary_entries
 from node.manifest import Manifest
 from node.schema import Delivery, Job, JobEvent, Result
 from node.srcheck import validate_sr
@@ -51,7 +52,8 @@ def test_study_to_validated_sr_at_the_pacs(
     assert sr.Modality == "SR" and sr.Manufacturer == "msvlm-node"
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
     # coded findings only for what the model assesses on CT: no rectal mass on a chest CT
-    coded = {meaning for (_, _), (meaning, _, _) in read_back(sr).coded.items()}
+    back = read_back(sr)
+    coded = {meaning for (_, _), (meaning, _, _) in back.coded.items()}
     assert coded == {f.code.meaning for f in FINDINGS if f.applies_to("CT")}
 
     [job] = cli(node, "jobs", "list")
@@ -67,6 +69,17 @@ def test_study_to_validated_sr_at_the_pacs(
     }
     assert referenced == used
     assert sr.StudyInstanceUID == manifest.study_instance_uid
+    # the nodule (called present) is coded at the site the job's result names, as the vocabulary codes it
+    [nodule] = [f for f in detail["result"]["findings"] if f["key"] == "lung_nodule"]
+    assert nodule["present"] and 0 < nodule["site_probability"] <= 1
+    [entry] = [e for e in vocabulary_entries() if e["key"] == "lung_nodule"]
+    [site] = [s for s in entry["sites"] if s["name"] == nodule["site"]]
+    expected = (site["structure"][0], *([site["modifier"][1][0]] if "modifier" in site else []))
+    assert back.sites[("786838002", "SCT")] == expected
+    sited = {e["key"] for e in vocabulary_entries() if "sites" in e}
+    with_site = [f for f in detail["result"]["findings"] if "site" in f]
+    assert with_site == [f for f in detail["result"]["findings"] if f["present"] and f["key"] in sited]
+    assert len(back.sites) == len(with_site)
     assert detail["result"]["sr_sop_instance_uid"] == sr.SOPInstanceUID
     assert [d["state"] for d in detail["deliveries"]] == ["succeeded"]
     assert all(detail["timings"][k] is not None for k in ("load_seconds", "infer_seconds", "report_seconds"))

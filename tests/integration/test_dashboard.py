@@ -249,6 +249,8 @@ def _settled_phantom_job(database_url: str, tmp_path: Path) -> tuple[Ledger, int
             "code": "SCT:427359005",
             "present": True,
             "probability": 0.91,
+            "site": "right upper lobe",
+            "site_probability": 0.62,
         },
         {
             "key": "pleural_effusion",
@@ -339,6 +341,8 @@ def test_job_page_in_headless_chromium(database_url: str, tmp_path: Path) -> Non
         "Lung nodule",
         "Present",
         "Absent",
+        "right upper lobe",
+        "(p 0.62)",
         "CT:axial:non_contrast",
         "CT:coronal:venous",
         "localizer",

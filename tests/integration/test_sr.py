@@ -43,7 +43,13 @@ pytestmark = pytest.mark.integration
 BASIC = pydicom.uid.BasicTextSRStorage
 COMPREHENSIVE = pydicom.uid.ComprehensiveSRStorage
 #: dciodvfy (2022) does not list Device UID in Contributing Equipment items; IHE AIR requires it.
-KNOWN_WARNINGS = ("(0x0018,0x1002) UI Device UID", "Standard Extended SOP Class")
+#: It does not know our local coding scheme (99MSVLM, the mesorectal node's site), which
+#: PS3.16 8 allows and the SR identifies in its Coding Scheme Identification Sequence.
+KNOWN_WARNINGS = (
+    "(0x0018,0x1002) UI Device UID",
+    "Standard Extended SOP Class",
+    "Unrecognized defined term <99MSVLM>",
+)
 
 
 def _write(tmp_path: Path, ds: pydicom.Dataset, name: str = "sr.dcm") -> Path:
@@ -138,6 +144,11 @@ def test_sr_validates_and_reads_back(tmp_path: Path, document: str, replaces: bo
         (f.code_value, f.coding_scheme): (f.code_meaning, f.present, pytest.approx(f.probability, abs=5e-4))
         for f in FINDINGS
     }
+    # where each present finding is: the Finding Site with its modifier
+    assert back.sites == {
+        ("60046008", "SCT"): ("3120008", "24028007"),
+        ("30746006", "SCT"): ("mesorectal-node",),
+    }
     assert back.observer == {
         "Observer Type": "Device",
         "Device Observer UID": DEVICE.uid,
@@ -162,7 +173,8 @@ def test_sr_validates_and_reads_back(tmp_path: Path, document: str, replaces: bo
         ("msvlm-node", "109102")
     ]
     assert equipment["109101"].Manufacturer == "ACME"  # the scanner, from the evidence (highdicom)
-    assert "99IHE" in {s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence}
+    schemes = {s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence}
+    assert {"99IHE", "99MSVLM"} <= schemes  # the private site code's scheme is identified too
 
 
 def test_dsrdump_prints_the_tree(tmp_path: Path) -> None:
@@ -171,6 +183,8 @@ def test_dsrdump_prints_the_tree(tmp_path: Path) -> None:
     assert dump.returncode == 0, dump.stderr
     assert 'CODE:(,,"Pneumothorax")=(272519000,SCT,"Absent")' in dump.stdout
     assert '<contains TEXT:(,,"Probability")="0.031">' in dump.stdout
+    assert '<has concept mod CODE:(,,"Finding Site")=(3120008,SCT,"Pleura")>' in dump.stdout
+    assert '<has concept mod CODE:(,,"Laterality")=(24028007,SCT,"Right")>' in dump.stdout
     assert "Diagnostic Imaging Report" in dump.stdout and "E:" not in dump.stderr
 
 

@@ -32,8 +32,16 @@ def save_tiny_model(directory: Path, *, version: str = "tiny-test") -> Path:
     config.model_name = "msvlm-tiny-test"
     config.model_version = version
     config.finding_modalities = finding_modalities()
+    # a site head, as the demo model has; its nodule always called present, so that every run
+    # has a finding whose site the SR must code
+    config.findings_pooling = "per_finding"
+    config.finding_sites = {
+        e["key"]: [site["name"] for site in e["sites"]] for e in finding_vocabulary() if "sites" in e
+    }
     torch.manual_seed(0)
     model = MsVlmForReportGeneration(config).eval()
+    with torch.no_grad():
+        model.findings_head.classifier.bias[(config.finding_labels or []).index("lung_nodule")] = 10.0
     processor = MsVlmProcessor.from_model_config(config, tokenizer)
     ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu")).save_pretrained(
         directory

@@ -9,7 +9,7 @@ from datetime import datetime
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from node.sr import AlgorithmInfo, CodedFinding, DeviceInfo, ReplacedDocument, sr_uids
+from node.sr import AlgorithmInfo, CodedFinding, DeviceInfo, FindingSite, ReplacedDocument, sr_uids
 from tests.support.dicom import ct_slice
 
 PREFIX = "1.2.826.0.1.3680043.8.498.71."
@@ -43,6 +43,11 @@ FINDINGS = (
         code_meaning="Pleural effusion",
         probability=0.912,
         present=True,
+        site=FindingSite(
+            name="right",
+            structure=("3120008", "SCT", "Pleura"),
+            modifier=(("272741003", "SCT", "Laterality"), ("24028007", "SCT", "Right")),
+        ),
     ),
     CodedFinding(
         key="nodule",
@@ -52,6 +57,18 @@ FINDINGS = (
         code_meaning="Pulmonary nodule",
         probability=0.5,
         present=True,
+    ),
+    CodedFinding(
+        key="nodes",
+        display="Lymphadenopathy",
+        code_value="30746006",
+        coding_scheme="SCT",
+        code_meaning="Lymphadenopathy",
+        probability=0.7,
+        present=True,
+        site=FindingSite(
+            name="mesorectal", structure=("mesorectal-node", "99MSVLM", "Mesorectal lymph node")
+        ),
     ),
 )
 FINDINGS_TEXT = (
@@ -134,6 +151,8 @@ class ReadBack:
     impression_text: str = ""
     #: (code value, scheme) -> (code meaning, present, probability)
     coded: dict[tuple[str, str], tuple[str, bool, float]] = field(default_factory=dict)
+    #: (code value, scheme) of a finding -> its Finding Site's code values: structure, then any modifier's
+    sites: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     observer: dict[str, str] = field(default_factory=dict)
     continuity: dict[str, str] = field(default_factory=dict)
 
@@ -166,6 +185,13 @@ def read_back(ds: Dataset) -> ReadBack:
                 ]
                 probability = float(nested[0].TextValue) if nested else float("nan")
                 out.coded[last] = (name.meaning, present, probability)
+                for site in child.get("ContentSequence", []):
+                    if site.ConceptNameCodeSequence[0].CodeValue == "363698007":
+                        assert site.RelationshipType == "HAS CONCEPT MOD"
+                        modifiers = [
+                            m.ConceptCodeSequence[0].CodeValue for m in site.get("ContentSequence", [])
+                        ]
+                        out.sites[last] = (site.ConceptCodeSequence[0].CodeValue, *modifiers)
             elif name.value == "122157" and last is not None:
                 meaning_, present, _ = out.coded[last]
                 out.coded[last] = (meaning_, present, float(child.value))
