@@ -8,8 +8,9 @@ named in the generated text by the negation-aware labeller against the truth: tr
 for phantoms, else dataset.jsonl labels, else the labeller on the reference report) and the
 findings head's macro AUC. On phantoms it also prints how often the narrative puts a finding
 it rightly names at its planted site (lobe, side, liver lobe, node station, rectal wall:
-`site_agreement`), since a report that finds the nodule in the wrong lobe sends the reader to
-the wrong place, and, per focal finding, the recall an ideal observer could reach
+`site_agreement`; the site head's calls, which the SR codes as Finding Site:
+`site_head_agreement`), since a report that finds the nodule in the wrong lobe sends the
+reader to the wrong place, and, per focal finding, the recall an ideal observer could reach
 (`models.phantom.detectability`: how many planted findings are above the Rose criterion in
 their best view), so that a model's misses can be told from findings nobody could see.
 `--json` prints exactly one JSON object. Phantoms are written to
@@ -70,19 +71,35 @@ def truth_sites(entry: IndexEntry) -> dict[str, str]:
     return {key: site for key, site in sites.items() if site is not None}
 
 
-def site_agreement(
+def narrative_sites(
     sites: Sequence[Mapping[str, str]], hypotheses: Sequence[str]
+) -> list[dict[str, str | None]]:
+    """Per study, the site the narrative gives each planted finding it names (None: named
+    without a site); planted findings it does not name are left out."""
+    return [
+        {
+            key: stated_site(text, key, site_vocabulary(key))
+            for key in truth
+            if key in PATTERNS and extract_findings(text, [key])[key]
+        }
+        for truth, text in zip(sites, hypotheses, strict=True)
+    ]
+
+
+def site_agreement(
+    sites: Sequence[Mapping[str, str]], stated: Sequence[Mapping[str, str | None]]
 ) -> tuple[float | None, dict[str, dict[str, float]]]:
-    """Of the planted findings a narrative names, the share it puts at their planted site.
+    """Of the planted findings named (by the narrative: `narrative_sites`; by the site head: the
+    findings it called present), the share named at their planted site.
 
     Overall and per finding ({"named": n, "right_site": k, "agreement": k / n}); a finding
     named without a site counts as wrong. None when no planted finding with a site is named.
     """
     per: dict[str, list[int]] = {}
-    for truth, text in zip(sites, hypotheses, strict=True):
+    for truth, named_sites in zip(sites, stated, strict=True):
         for key, site in truth.items():
-            if key in PATTERNS and extract_findings(text, [key])[key]:
-                per.setdefault(key, []).append(int(stated_site(text, key, site_vocabulary(key)) == site))
+            if key in named_sites:
+                per.setdefault(key, []).append(int(named_sites[key] == site))
     named = sum(len(v) for v in per.values())
     overall = sum(sum(v) for v in per.values()) / named if named else None
     return overall, {
@@ -114,6 +131,7 @@ def evaluate_entries(
     hypotheses: list[str] = []
     probabilities: list[dict[str, float]] = []
     calls: list[dict[str, bool]] = []
+    head_sites: list[dict[str, str | None]] = []
     truths = [truth_labels(e) for e in entries]
     for first in range(0, len(entries), batch_size):
         chunk = entries[first : first + batch_size]
@@ -122,6 +140,7 @@ def evaluate_entries(
             hypotheses.append(output.text)
             probabilities.append(output.findings)
             calls.append(output.present)
+            head_sites.append({key: site for key, (site, _) in output.sites.items()})
         if progress:
             print(
                 f"  {len(hypotheses)}/{len(entries)} studies ({time.perf_counter() - start:.0f} s)",
@@ -140,7 +159,9 @@ def evaluate_entries(
     head_predicted = [{k: int(c[k]) for k in t} for t, c in zip(head_truth, calls, strict=True)]
     head_ce = clinical_efficacy(head_truth, head_predicted)
     agreement = narrative_agreement(head_predicted, predicted)
-    sites, sites_per_label = site_agreement([truth_sites(e) for e in entries], hypotheses)
+    planted_sites = [truth_sites(e) for e in entries]
+    sites, sites_per_label = site_agreement(planted_sites, narrative_sites(planted_sites, hypotheses))
+    head_site, head_site_per_label = site_agreement(planted_sites, head_sites)
     return {
         "n": len(entries),
         "bleu1": bleu[0],
@@ -160,6 +181,8 @@ def evaluate_entries(
         "narrative_agreement": agreement,
         "site_agreement": sites,
         "site_agreement_per_label": sites_per_label,
+        "site_head_agreement": head_site if any(head_sites) else None,
+        "site_head_agreement_per_label": head_site_per_label,
         "seconds": time.perf_counter() - start,
         "examples": [
             {"reference": e.report, "generated": h} for e, h in zip(entries[:2], hypotheses[:2], strict=False)
@@ -221,6 +244,13 @@ def print_table(model: str, result: dict[str, Any]) -> None:
     print(f"  named planted findings put at their planted site: {_fmt(result['site_agreement'])}")
     for key, values in result["site_agreement_per_label"].items():
         print(f"    {key:<18} {int(values['right_site'])} of {int(values['named'])}")
+    if result["site_head_agreement"] is not None:
+        print(
+            "  the site head's call for planted findings it calls present: "
+            f"{_fmt(result['site_head_agreement'])}"
+        )
+        for key, values in result["site_head_agreement_per_label"].items():
+            print(f"    {key:<18} {int(values['right_site'])} of {int(values['named'])}")
     ceiling = result.get("recall_ceiling") or {}
     for key, values in result["ce_per_label"].items():
         auc = result["findings_auc_per_label"].get(key)

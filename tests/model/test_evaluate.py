@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from models import evaluate
-from models.evaluate import narrative_agreement, site_agreement, truth_sites
+from models.evaluate import narrative_agreement, narrative_sites, site_agreement, truth_sites
 from models.msvlm import MsVlmForReportGeneration, MsVlmProcessor, Placement, ReportGenerator, msvlm_preset
 from models.training.data import make_phantoms, read_index
 from models.training.labeller import extract_findings, stated_site
@@ -107,7 +107,7 @@ def test_every_phantom_report_names_each_finding_at_its_planted_site(tmp_path: P
     make_phantoms(tmp_path, 24, seed=7, matrix=64, slices=8)
     entries = read_index(tmp_path)
     sites = [truth_sites(e) for e in entries]
-    overall, per_label = site_agreement(sites, [e.report for e in entries])
+    overall, per_label = site_agreement(sites, narrative_sites(sites, [e.report for e in entries]))
     assert overall == 1.0
     named = sum(int(v["named"]) for v in per_label.values())
     assert named == sum(len(s) for s in sites)  # every planted finding with a site was named
@@ -145,11 +145,21 @@ def test_site_agreement_counts_a_wrong_or_missing_site_as_wrong() -> None:
         "There is a pulmonary nodule.",  # effusion not named: not counted
         "A 5 mm pulmonary nodule.",  # named without a site: wrong
     ]
-    overall, per_label = site_agreement(truth, texts)
+    overall, per_label = site_agreement(truth, narrative_sites(truth, texts))
     assert overall == pytest.approx(2 / 4)
     assert per_label["lung_nodule"] == {"named": 3, "right_site": 1, "agreement": pytest.approx(1 / 3)}
     assert per_label["pleural_effusion"] == {"named": 1, "right_site": 1, "agreement": 1.0}
-    assert site_agreement([{}], ["Nothing."]) == (None, {})
+    assert site_agreement([{}], narrative_sites([{}], ["Nothing."])) == (None, {})
+    # the site head's calls count the same way: only findings it called present are named
+    head = [
+        {"lung_nodule": "right upper lobe"},
+        {"lung_nodule": "left lower lobe"},
+        {},
+        {"lung_nodule": "left lower lobe"},
+    ]
+    overall, per_label = site_agreement(truth, head)
+    assert overall == pytest.approx(2 / 3)
+    assert per_label == {"lung_nodule": {"named": 3, "right_site": 2, "agreement": pytest.approx(2 / 3)}}
 
 
 def test_clinical_efficacy_on_hand_made_labels() -> None:
