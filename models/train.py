@@ -151,27 +151,12 @@ def train_msvlm(
     studies: list[StudyRecord],
     schedule: Schedule,
     seed: int,
+    *,
+    encoder_trained: bool = False,
 ) -> list[StageLog]:
-    logs = []
-    slices = torch.cat([view for study in studies for view in study.pixels])
-    print(f"stage0 dino: {slices.shape[0]} slices, {schedule.dino.steps} steps", flush=True)
-    start = time.perf_counter()
-    teacher, losses = train_dino(model.vision_model, slices, schedule.dino, seed=seed)
-    model.vision_model.load_state_dict(teacher.state_dict())
-    dino = StageLog(
-        name="stage0 dino",
-        seconds=time.perf_counter() - start,
-        first_loss=losses[0],
-        last_loss=float(np.mean(losses[-10:])),
-        epoch_losses=[],
-    )
-    logs.append(dino)
-    print(dino.line(), flush=True)
-    del slices
-    if schedule.slice_findings is not None:
-        logs.append(slice_findings(model, processor, studies, schedule.slice_findings, seed=seed))
-        print(logs[-1].line(), flush=True)
-
+    """MS-VLM's stages; with `encoder_trained` (a slice encoder loaded by `--encoder-from`)
+    stages 0 and 0b are skipped."""
+    logs = [] if encoder_trained else _train_slice_encoder(model, processor, studies, schedule, seed)
     start = time.perf_counter()
     features = cache_slice_features(model, studies)
     cache = StageLog(name="slice feature cache", seconds=time.perf_counter() - start)
@@ -218,6 +203,57 @@ def train_msvlm(
     return logs
 
 
+def load_slice_encoder(model: MsVlmForReportGeneration, folder: Path) -> None:
+    """Copy the slice encoder of the MS-VLM saved in `folder` into `model` (same ViT config)."""
+    weights = MsVlmForReportGeneration.from_pretrained(str(folder)).vision_model.state_dict()
+    wanted = model.vision_model.state_dict()
+    if {k: v.shape for k, v in weights.items()} != {k: v.shape for k, v in wanted.items()}:
+        raise ValueError(f"{folder}: its slice encoder's configuration differs from the preset's")
+    model.vision_model.load_state_dict(weights)
+
+
+def _model_identity(folder: Path) -> dict[str, str]:
+    from node.modelinfo import model_identity
+
+    identity = model_identity(folder)
+    return {
+        "folder": str(folder),
+        "model_name": identity.name,
+        "model_version": identity.version,
+        "weights_sha256": identity.weights_sha256,
+    }
+
+
+def _train_slice_encoder(
+    model: MsVlmForReportGeneration,
+    processor: MsVlmProcessor,
+    studies: list[StudyRecord],
+    schedule: Schedule,
+    seed: int,
+) -> list[StageLog]:
+    """Stages 0 (DINO) and 0b (slice findings): the slice encoder."""
+    logs = []
+    slices = torch.cat([view for study in studies for view in study.pixels])
+    print(f"stage0 dino: {slices.shape[0]} slices, {schedule.dino.steps} steps", flush=True)
+    start = time.perf_counter()
+    teacher, losses = train_dino(model.vision_model, slices, schedule.dino, seed=seed)
+    model.vision_model.load_state_dict(teacher.state_dict())
+    dino = StageLog(
+        name="stage0 dino",
+        seconds=time.perf_counter() - start,
+        first_loss=losses[0],
+        last_loss=float(np.mean(losses[-10:])),
+        epoch_losses=[],
+    )
+    logs.append(dino)
+    print(dino.line(), flush=True)
+    del slices
+    if schedule.slice_findings is not None:
+        logs.append(slice_findings(model, processor, studies, schedule.slice_findings, seed=seed))
+        print(logs[-1].line(), flush=True)
+    return logs
+
+
 def train(
     *,
     preset: str,
@@ -232,14 +268,22 @@ def train(
     position_jitter_mm: float = 0.0,
     schedule: Schedule | None = None,
     device: str | torch.device = "cpu",
+    encoder_from: Path | None = None,
 ) -> ReportGenerator:
     """Everything `python -m models.train` does; returns the trained generator (also saved).
+
+    `encoder_from` (MS-VLM only) takes the slice encoder of a saved model folder and trains
+    everything after it (stages 1-3); stages 0 and 0b, two thirds of the demo's budget, are
+    skipped. Why: a new head or loss can then be tried on a known encoder, and the result
+    compared with that encoder's model rather than with a new encoder's seed luck.
 
     `schedule` overrides the preset's stage budgets (tests use a few steps). `device` is
     where every stage runs (see `models.training.device.resolve_device`; "cpu" here so that
     library callers and tests stay on the CPU, "auto" is the CLI's default). The returned
     generator, like the saved folder, is on the CPU in float32.
     """
+    if baseline and encoder_from is not None:
+        raise ValueError("--encoder-from takes an MS-VLM slice encoder; the baseline has none")
     target = resolve_device(str(device))
     schedule = schedule or schedule_for(preset, baseline=baseline)
     total_start = time.perf_counter()
@@ -277,6 +321,7 @@ def train(
 
     seed_everything(seed)
     model: ReportModelBase
+    source: dict[str, str] | None = None
     if baseline:
         from models.baseline3d import Baseline3dForReportGeneration
 
@@ -287,8 +332,13 @@ def train(
             print(log.line(), flush=True)
     else:
         model = MsVlmForReportGeneration(config)  # type: ignore[arg-type]
+        if encoder_from is not None:
+            source = _model_identity(encoder_from)  # before `out` might overwrite it
+            load_slice_encoder(model, encoder_from)
         model.to(target)  # type: ignore[arg-type]  # transformers' decorated `to` confuses mypy
-        logs = train_msvlm(model, processor, studies, schedule, seed)
+        logs = train_msvlm(
+            model, processor, studies, schedule, seed, encoder_trained=encoder_from is not None
+        )
 
     # Placement "cpu" moves the weights back to the CPU in float32 before saving.
     generator = ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu"))
@@ -309,6 +359,7 @@ def train(
             "position_jitter_mm": position_jitter_mm if make else None,
         },
         "schedule": asdict(schedule),
+        "encoder_from": source,
         "stages": [asdict(log) for log in logs],
         "timings_s": {**timings, "total": total},
         "torch_threads": torch.get_num_threads(),
@@ -372,6 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_phantom_arguments(parser, _env)
     parser.add_argument(
+        "--encoder-from",
+        type=Path,
+        default=_env("ENCODER_FROM"),
+        metavar="MODEL_DIR",
+        help="start from the slice encoder of this saved MS-VLM and train stages 1-3 only",
+    )
+    parser.add_argument(
         "--device",
         default=_env("DEVICE", "auto"),
         help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
@@ -396,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             position_jitter_mm=args.position_jitter,
             schedule=schedule,
             device=args.device,
+            encoder_from=args.encoder_from,
         )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

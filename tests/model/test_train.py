@@ -81,6 +81,34 @@ def test_tiny_run_of_all_stages_lowers_the_loss_and_saves_a_loadable_model(
     assert set(report.findings) == {f.key for f in FINDINGS if any(f.applies_to(m) for m in modalities)}
 
 
+def test_encoder_from_trains_stages_1_to_3_on_a_saved_slice_encoder(dataset: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    train(preset="tiny", data=dataset, out=first, seed=0, schedule=SCHEDULE)
+    second = tmp_path / "second"
+    # without stage 3's tuning of the encoder's top layer, the encoder is the one it was given
+    frozen = replace(SCHEDULE, tune_vision_layers=0)
+    train(preset="tiny", data=dataset, out=second, seed=1, schedule=frozen, encoder_from=first)
+    record = json.loads((second / "training.json").read_text())
+    assert [stage["name"] for stage in record["stages"]][:2] == ["slice feature cache", "stage1 mem"]
+    assert (
+        record["encoder_from"]["folder"] == str(first) and len(record["encoder_from"]["weights_sha256"]) == 64
+    )
+    a = MsVlmForReportGeneration.from_pretrained(first).vision_model.state_dict()
+    b = MsVlmForReportGeneration.from_pretrained(second).vision_model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="baseline has none"):
+        train(
+            preset="tiny",
+            data=dataset,
+            out=tmp_path / "b",
+            baseline=True,
+            schedule=SCHEDULE,
+            encoder_from=first,
+        )
+    with pytest.raises(ValueError, match="configuration differs"):
+        train(preset="demo", data=dataset, out=tmp_path / "d", schedule=SCHEDULE, encoder_from=first)
+
+
 def test_baseline_trains_on_the_same_data(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "baseline"
     train(preset="tiny", data=dataset, out=out, seed=0, baseline=True, schedule=SCHEDULE)
