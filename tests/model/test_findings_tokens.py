@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.msvlm import MsVlmConfig, MsVlmForReportGeneration, MsVlmProcessor, ViewInput
+from tests.support.batches import forward_batch
 
 pytestmark = pytest.mark.model
 
@@ -40,24 +41,11 @@ def batch(processor: MsVlmProcessor, studies: list[list[ViewInput]]):  # noqa: A
     )
 
 
-def _forward(model: MsVlmForReportGeneration, batch, **overrides):  # noqa: ANN001, ANN202
-    arguments = {
-        "pixel_values": batch.pixel_values,
-        "slice_mask": batch.slice_mask,
-        "view_ids": batch.view_ids,
-        "input_ids": batch.input_ids,
-        "attention_mask": batch.attention_mask,
-        "labels": batch.labels,
-        "findings_labels": batch.findings_labels,
-    }
-    return model(**{**arguments, **overrides})
-
-
 def test_one_token_per_finding_follows_the_visual_tokens(model: MsVlmForReportGeneration, batch) -> None:  # noqa: ANN001
     config = model.config
     labels = len(config.finding_labels or [])
     assert config.num_prefix_tokens == config.num_latents + labels
-    out = _forward(model, batch)
+    out = forward_batch(model, batch)
     assert out.visual_tokens is not None
     assert out.visual_tokens.shape == (2, config.num_latents + labels, config.text.hidden_size)
     assert (
@@ -113,7 +101,7 @@ def test_generation_reads_the_head_not_the_labels(model: MsVlmForReportGeneratio
     assert torch.equal(low[:, :k], high[:, :k])  # the visual tokens do not depend on the head
     assert not torch.allclose(low[:, k:], high[:, k:])
     model.train()
-    out = _forward(model, batch, labels=batch.labels, findings_labels=None)
+    out = forward_batch(model, batch, labels=batch.labels, findings_labels=None)
     assert out.lm_loss is not None
     out.lm_loss.backward()
     head_grad = model.findings_head.classifier.weight.grad
@@ -132,7 +120,7 @@ def test_round_trip_keeps_the_finding_tokens(
     loaded = MsVlmForReportGeneration.from_pretrained(tmp_path).eval()
     assert loaded.config.findings_tokens
     with torch.no_grad():
-        before, after = _forward(model, batch), _forward(loaded, batch)
+        before, after = forward_batch(model, batch), forward_batch(loaded, batch)
     assert before.logits is not None and after.logits is not None
     assert torch.equal(before.logits, after.logits)
     prompts = processor(studies)

@@ -13,22 +13,11 @@ from transformers import AutoModel
 
 from models.msvlm import MsVlmBatch, MsVlmForReportGeneration, MsVlmProcessor, ViewInput
 from models.msvlm.zformer import pack_views
+from tests.support.batches import forward_batch
 
 pytestmark = pytest.mark.model
 
 StudyFactory = Callable[..., list[ViewInput]]
-
-
-def _forward(model: MsVlmForReportGeneration, batch: MsVlmBatch):  # noqa: ANN202 - output type is the point
-    return model(
-        pixel_values=batch.pixel_values,
-        slice_mask=batch.slice_mask,
-        view_ids=batch.view_ids,
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        labels=batch.labels,
-        findings_labels=batch.findings_labels,
-    )
 
 
 def _generate(model: MsVlmForReportGeneration, batch: MsVlmBatch, num_beams: int = 1) -> torch.Tensor:
@@ -62,7 +51,7 @@ def test_forward_shapes_and_losses(
     batch = processor(
         short_studies, reports=["no effusion .", "a 6 mm nodule ."], findings=[{"lung_nodule": 0}, {}]
     )
-    out = _forward(tiny_model, batch)
+    out = forward_batch(tiny_model, batch)
     config = tiny_model.config
     assert out.findings_logits is not None and out.findings_logits.shape == (
         2,
@@ -89,8 +78,8 @@ def test_padding_does_not_change_a_study(
 ) -> None:
     """A study gives the same outputs alone and padded in a batch with a larger one."""
     reports = ["no effusion .", "a 6 mm nodule in the right upper lobe ."]
-    together = _forward(tiny_model, processor(short_studies, reports=reports))
-    alone = _forward(tiny_model, processor(short_studies[:1], reports=reports[:1]))
+    together = forward_batch(tiny_model, processor(short_studies, reports=reports))
+    alone = forward_batch(tiny_model, processor(short_studies[:1], reports=reports[:1]))
     assert torch.allclose(together.findings_logits[:1], alone.findings_logits, atol=1e-5)
     assert alone.logits is not None and together.logits is not None
     width = alone.logits.shape[1]
@@ -227,7 +216,7 @@ def test_save_load_round_trip_is_identical(
     for key, value in original_state.items():
         assert torch.equal(value, loaded_state[key]), key
     with torch.no_grad():
-        first, second = _forward(tiny_model, batch), _forward(loaded, batch)
+        first, second = forward_batch(tiny_model, batch), forward_batch(loaded, batch)
     assert torch.equal(first.logits, second.logits)
     assert torch.equal(first.findings_logits, second.findings_logits)
     generation = processor(short_studies)
@@ -281,18 +270,18 @@ def test_short_training_run_lowers_the_loss(
         findings=[{"pleural_effusion": 1, "lung_nodule": 0}, {"pleural_effusion": 0, "lung_nodule": 1}],
     )
     with torch.no_grad():
-        before = _forward(tiny_model, batch).loss
+        before = forward_batch(tiny_model, batch).loss
     optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=3e-3)
     tiny_model.train()
     for _ in range(8):
         optimizer.zero_grad()
-        loss = _forward(tiny_model, batch).loss
+        loss = forward_batch(tiny_model, batch).loss
         assert loss is not None
         loss.backward()
         optimizer.step()
     tiny_model.eval()
     with torch.no_grad():
-        after = _forward(tiny_model, batch).loss
+        after = forward_batch(tiny_model, batch).loss
     assert before is not None and after is not None
     assert float(after) < 0.7 * float(before)
 
@@ -334,7 +323,7 @@ def test_bf16_autocast_and_bf16_weights(
             pixel_values=batch.pixel_values, slice_mask=batch.slice_mask, view_ids=batch.view_ids
         )
         assert tiny_model.zformer.attention_type_for(encoding.tokens.shape[1]) == "block_sparse"
-        out = _forward(tiny_model, batch)
+        out = forward_batch(tiny_model, batch)
         assert out.loss is not None and bool(torch.isfinite(out.loss))
         out.loss.backward()
         tokens = _generate(tiny_model, processor([study]))
@@ -342,6 +331,6 @@ def test_bf16_autocast_and_bf16_weights(
     tiny_model.zero_grad()
     tiny_model.bfloat16()
     with torch.no_grad():
-        out = _forward(tiny_model, batch)
+        out = forward_batch(tiny_model, batch)
     assert out.findings_logits is not None and out.findings_logits.dtype == torch.bfloat16
     assert out.loss is not None and bool(torch.isfinite(out.loss))

@@ -21,6 +21,7 @@ from models.msvlm import (
 from models.msvlm.bridge import NO_SITE_LOGIT, attention_loss, site_loss
 from models.msvlm.configuration_msvlm import MsVlmConfigError
 from models.training.data import StudyRecord, site_labels, token_slice_targets
+from tests.support.batches import forward_batch
 
 pytestmark = pytest.mark.model
 
@@ -67,19 +68,6 @@ def batch(processor: MsVlmProcessor, make_study: StudyFactory):  # noqa: ANN201 
     )
 
 
-def _forward(model: MsVlmForReportGeneration, batch, **extra):  # noqa: ANN001, ANN202
-    return model(
-        pixel_values=batch.pixel_values,
-        slice_mask=batch.slice_mask,
-        view_ids=batch.view_ids,
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        labels=batch.labels,
-        findings_labels=batch.findings_labels,
-        **extra,
-    )
-
-
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -96,7 +84,7 @@ def test_bad_site_vocabularies_are_refused(tiny_config: MsVlmConfig, changes: di
 
 def test_site_logits_cover_each_findings_own_sites(model: MsVlmForReportGeneration, batch) -> None:  # noqa: ANN001
     labels = model.config.finding_labels or []
-    out = _forward(model, batch)
+    out = forward_batch(model, batch)
     assert out.site_logits is not None and out.site_logits.shape == (2, len(labels), 5)
     effusion, heart = labels.index("pleural_effusion"), labels.index("cardiomegaly")
     # a finding's sites beyond its own list, and every site of a finding without sites, are ruled out
@@ -116,14 +104,14 @@ def test_the_finding_token_carries_the_site_it_is_given(model: MsVlmForReportGen
     assert prompt is not None and prompt.site is not None
     sites = torch.full((2, len(labels)), -1, dtype=torch.long)
     sites[0, nodule] = 3  # teacher forcing: the report's "left upper lobe"
-    out = _forward(model, batch, site_labels=sites)
+    out = forward_batch(model, batch, site_labels=sites)
     assert out.visual_tokens is not None
     assert torch.allclose(out.visual_tokens[0, slot], prompt.present[nodule] + prompt.site[nodule, 3])
     assert out.site_loss is not None and out.loss is not None
     expected = out.lm_loss + model.config.findings_loss_weight * out.findings_loss + out.site_loss
     assert torch.allclose(out.loss, expected)
     # without a label the head's call is used; an absent finding's token has no site in it
-    out = _forward(model, batch)
+    out = forward_batch(model, batch)
     assert model.site_head is not None and out.site_logits is not None and out.visual_tokens is not None
     called = int(model.site_head.calls(out.site_logits)[0, nodule])
     assert torch.allclose(out.visual_tokens[0, slot], prompt.present[nodule] + prompt.site[nodule, called])
@@ -136,7 +124,7 @@ def test_site_head_survives_save_and_load(model: MsVlmForReportGeneration, batch
     loaded = MsVlmForReportGeneration.from_pretrained(tmp_path).eval()
     assert loaded.config.finding_sites == SITES
     with torch.no_grad():
-        before, after = _forward(model, batch), _forward(loaded, batch)
+        before, after = forward_batch(model, batch), forward_batch(loaded, batch)
     assert before.site_logits is not None and after.site_logits is not None
     assert torch.equal(before.site_logits, after.site_logits)
     assert torch.equal(before.visual_tokens, after.visual_tokens)
