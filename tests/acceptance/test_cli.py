@@ -82,4 +82,5 @@ def test_demo_command_runs_the_loop_and_shows_where_the_findings_were_planted(tm
     assert "planted: lung_nodule (lobe: right upper lobe), pleural_effusion (side: left)" in out
     assert "SR received by DEMOPACS" in out
     assert "Pulmonary nodule: Present" in out and "Pleural effusion: Present" in out
+    assert "Finding Site: Pleura" in out and "Laterality:" in out  # the effusion's coded site
     assert list((tmp_path / "demo" / "storage").rglob("*.dcm"))  # the study the node stored

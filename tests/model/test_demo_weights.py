@@ -10,7 +10,7 @@ import pytest
 from models.msvlm import MsVlmForReportGeneration, ReportGenerator
 from models.phantom import FINDINGS, Finding, PhantomSpec, write_study
 from models.training.data import load_study_views
-from models.training.labeller import extract_findings
+from models.training.labeller import extract_findings, stated_site
 
 pytestmark = pytest.mark.model
 
@@ -58,3 +58,9 @@ def test_demo_model_names_planted_findings(generator: ReportGenerator, tmp_path:
     # the narrative says what the SR's coded findings say (the LM reads the head's calls)
     stated = {key: bool(value) for key, value in named.items() if key in report.present}
     assert stated == {key: report.present[key] for key in stated}, (report.text, report.present)
+    # and it puts each present finding where the site head (whose call the SR codes) puts it
+    config = generator.model.config
+    assert set(report.sites) == {key for key in config.finding_sites or {} if report.present.get(key)}
+    for key, (site, probability) in report.sites.items():
+        assert stated_site(report.text, key, config.sites_of(key)) == site, (report.text, report.sites)
+        assert 0.0 < probability <= 1.0
