@@ -157,11 +157,11 @@ class ReportGenerator:
         probabilities = torch.sigmoid(output.findings_logits.float()).cpu().tolist()
         calls = self.model.findings_present(output.findings_logits).cpu().tolist()
         labels = self.processor.settings.finding_labels
-        site_probabilities = (
-            torch.softmax(output.site_logits.float(), dim=-1).cpu()
-            if output.site_logits is not None
-            else None
-        )
+        site_calls = site_probabilities = None
+        if output.site_logits is not None and self.model.site_head is not None:
+            # the same call the finding token was made from, so the SR codes the narrative's site
+            site_calls = self.model.site_head.calls(output.site_logits).cpu().tolist()
+            site_probabilities = torch.softmax(output.site_logits.float(), dim=-1).cpu()
         outputs = []
         for b, (study, text, probs, called) in enumerate(
             zip(studies, texts, probabilities, calls, strict=True)
@@ -169,12 +169,14 @@ class ReportGenerator:
             applies = set(self.model.config.findings_for(view.modality for view in study))
             present = {k: c for k, c in zip(labels, called, strict=True) if k in applies}
             sites = {}
-            if site_probabilities is not None:
+            if site_calls is not None and site_probabilities is not None:
                 for j, key in enumerate(labels):
-                    names = self.model.config.sites_of(key)
-                    if names and present.get(key):
-                        best = int(site_probabilities[b, j, : len(names)].argmax())
-                        sites[key] = (names[best], float(site_probabilities[b, j, best]))
+                    call = site_calls[b][j]
+                    if call >= 0 and present.get(key):
+                        sites[key] = (
+                            self.model.config.sites_of(key)[call],
+                            float(site_probabilities[b, j, call]),
+                        )
             outputs.append(
                 ReportOutput(
                     text=text,
