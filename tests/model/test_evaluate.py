@@ -12,7 +12,13 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from models import evaluate
-from models.evaluate import narrative_agreement, narrative_sites, site_agreement, truth_sites
+from models.evaluate import (
+    head_f1_by_threshold,
+    narrative_agreement,
+    narrative_sites,
+    site_agreement,
+    truth_sites,
+)
 from models.msvlm import MsVlmForReportGeneration, MsVlmProcessor, Placement, ReportGenerator, msvlm_preset
 from models.training.data import make_phantoms, read_index
 from models.training.labeller import extract_findings, stated_site
@@ -160,6 +166,18 @@ def test_site_agreement_counts_a_wrong_or_missing_site_as_wrong() -> None:
     overall, per_label = site_agreement(truth, head)
     assert overall == pytest.approx(2 / 3)
     assert per_label == {"lung_nodule": {"named": 3, "right_site": 2, "agreement": pytest.approx(2 / 3)}}
+
+
+def test_head_f1_by_threshold_finds_the_operating_point() -> None:
+    truths = [{"a": 1, "b": 0}, {"a": 1, "b": 1}, {"a": 0, "b": 0}]
+    probabilities = [{"a": 0.4, "b": 0.1}, {"a": 0.8, "b": 0.35}, {"a": 0.2, "b": 0.3}]
+    by_threshold = head_f1_by_threshold(truths, probabilities)
+    assert by_threshold["0.50"] == pytest.approx(2 / 4)  # one of three positives found, no false call
+    # at 0.35 all three positives are called and no negative; at 0.40 the "b" at 0.35 is lost
+    assert by_threshold["0.35"] == 1.0
+    assert by_threshold["0.40"] == pytest.approx(2 * 2 / (2 * 2 + 1))
+    assert max(by_threshold, key=by_threshold.__getitem__) == "0.35"
+    assert by_threshold["0.05"] == pytest.approx(2 * 3 / (2 * 3 + 3))  # everything called
 
 
 def test_clinical_efficacy_on_hand_made_labels() -> None:
