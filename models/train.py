@@ -9,7 +9,9 @@ first. Every study is read once through the node's grouping and volume loader an
 preprocessed in memory. Stages (see `models.training.stages`): 0 DINO on slices, 0b slice
 findings (where the schedule has it), slice features cached, 1 masked embedding modelling,
 2a LM warm-up on the reports, 2 bridge alignment with the LM frozen, 3a the findings alone
-(where the schedule has it), 3 report tuning. The output folder loads with
+(where the schedule has it), 3 report tuning. `--encoder-from DIR` starts from the slice
+encoder of a saved model and skips stages 0 and 0b (`--slice-passes N` continues stage 0b on
+it instead). The output folder loads with
 `ReportGenerator.from_pretrained` and carries `findings.json` (the coded finding vocabulary
 the node's SR writer uses) and `training.json` (stages, losses, times, data,
 device). `--device auto` trains on CUDA when torch sees a GPU (forward passes under bf16
@@ -155,8 +157,8 @@ def train_msvlm(
     encoder_trained: bool = False,
 ) -> list[StageLog]:
     """MS-VLM's stages; with `encoder_trained` (a slice encoder loaded by `--encoder-from`)
-    stages 0 and 0b are skipped."""
-    logs = [] if encoder_trained else _train_slice_encoder(model, processor, studies, schedule, seed)
+    stage 0 (DINO) is skipped, and stage 0b runs only if the schedule still has it."""
+    logs = _train_slice_encoder(model, processor, studies, schedule, seed, dino=not encoder_trained)
     start = time.perf_counter()
     features = cache_slice_features(model, studies)
     cache = StageLog(name="slice feature cache", seconds=time.perf_counter() - start)
@@ -230,9 +232,31 @@ def _train_slice_encoder(
     studies: list[StudyRecord],
     schedule: Schedule,
     seed: int,
+    *,
+    dino: bool = True,
 ) -> list[StageLog]:
-    """Stages 0 (DINO) and 0b (slice findings): the slice encoder."""
-    logs = []
+    """Stages 0 (DINO, unless `dino` is false) and 0b (slice findings): the slice encoder."""
+    logs: list[StageLog] = []
+    if dino:
+        logs.append(_dino(model, studies, schedule, seed))
+    if schedule.slice_findings is not None:
+        logs.append(
+            slice_findings(
+                model,
+                processor,
+                studies,
+                schedule.slice_findings,
+                seed=seed,
+                place_weight=schedule.slice_place_weight,
+            )
+        )
+        print(logs[-1].line(), flush=True)
+    return logs
+
+
+def _dino(
+    model: MsVlmForReportGeneration, studies: list[StudyRecord], schedule: Schedule, seed: int
+) -> StageLog:
     slices = torch.cat([view for study in studies for view in study.pixels])
     print(f"stage0 dino: {slices.shape[0]} slices, {schedule.dino.steps} steps", flush=True)
     start = time.perf_counter()
@@ -245,13 +269,8 @@ def _train_slice_encoder(
         last_loss=float(np.mean(losses[-10:])),
         epoch_losses=[],
     )
-    logs.append(dino)
     print(dino.line(), flush=True)
-    del slices
-    if schedule.slice_findings is not None:
-        logs.append(slice_findings(model, processor, studies, schedule.slice_findings, seed=seed))
-        print(logs[-1].line(), flush=True)
-    return logs
+    return dino
 
 
 def train(
@@ -269,6 +288,7 @@ def train(
     schedule: Schedule | None = None,
     device: str | torch.device = "cpu",
     encoder_from: Path | None = None,
+    slice_passes: int | None = None,
 ) -> ReportGenerator:
     """Everything `python -m models.train` does; returns the trained generator (also saved).
 
@@ -276,6 +296,8 @@ def train(
     everything after it (stages 1-3); stages 0 and 0b, two thirds of the demo's budget, are
     skipped. Why: a new head or loss can then be tried on a known encoder, and the result
     compared with that encoder's model rather than with a new encoder's seed luck.
+    `slice_passes` sets stage 0b's passes (0: none); with `encoder_from` it continues
+    stage 0b on the loaded encoder, which otherwise is kept as it is.
 
     `schedule` overrides the preset's stage budgets (tests use a few steps). `device` is
     where every stage runs (see `models.training.device.resolve_device`; "cpu" here so that
@@ -286,6 +308,7 @@ def train(
         raise ValueError("--encoder-from takes an MS-VLM slice encoder; the baseline has none")
     target = resolve_device(str(device))
     schedule = schedule or schedule_for(preset, baseline=baseline)
+    schedule = _with_slice_passes(schedule, slice_passes, encoder_loaded=encoder_from is not None)
     total_start = time.perf_counter()
     timings: dict[str, float] = {}
     if make:
@@ -374,6 +397,22 @@ def train(
     return generator
 
 
+def _with_slice_passes(schedule: Schedule, passes: int | None, *, encoder_loaded: bool) -> Schedule:
+    """The schedule with stage 0b's passes set: `passes` if given, else none for a loaded
+    encoder (it is kept as trained) and the preset's otherwise."""
+    if passes is None:
+        return replace(schedule, slice_findings=None) if encoder_loaded else schedule
+    if passes < 0:
+        raise ValueError(f"--slice-passes must be 0 or more, not {passes}")
+    if schedule.slice_findings is None:
+        if passes:
+            raise ValueError("--slice-passes: this preset has no stage 0b")
+        return schedule
+    return replace(
+        schedule, slice_findings=replace(schedule.slice_findings, epochs=passes) if passes else None
+    )
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"MSVLM_TRAIN_{name}", default)
 
@@ -430,12 +469,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="start from the slice encoder of this saved MS-VLM and train stages 1-3 only",
     )
     parser.add_argument(
+        "--slice-passes",
+        type=int,
+        default=None if _env("SLICE_PASSES") is None else int(_env("SLICE_PASSES") or 0),
+        metavar="N",
+        help="stage 0b passes (default: the preset's; with --encoder-from none, N continues it)",
+    )
+    parser.add_argument(
         "--device",
         default=_env("DEVICE", "auto"),
         help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
     )
+    parser.add_argument(
+        "--slice-place-weight",
+        type=float,
+        default=None if _env("SLICE_PLACE_WEIGHT") is None else float(_env("SLICE_PLACE_WEIGHT") or 0),
+        metavar="W",
+        help="stage 0b: weight of the loss on where in the slice a located finding lies",
+    )
     args = parser.parse_args(argv)
     schedule = schedule_for(args.preset, baseline=args.baseline)
+    if args.slice_place_weight is not None:
+        schedule = replace(schedule, slice_place_weight=args.slice_place_weight)
     if args.align_epochs is not None:
         schedule = replace(schedule, align=replace(schedule.align, epochs=args.align_epochs))
     if args.tune_epochs is not None:
@@ -455,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             schedule=schedule,
             device=args.device,
             encoder_from=args.encoder_from,
+            slice_passes=args.slice_passes,
         )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -181,11 +181,44 @@ def read_index(data_dir: str | Path) -> list[IndexEntry]:
 
 
 @dataclass(frozen=True)
+class SlicePlane:
+    """How a view's pixels lie within each slice (patient LPS, mm), to place a point on them.
+
+    ``row_direction`` points along a row (column index rising), ``column_direction`` down a
+    column (row index rising), as ImageOrientationPatient gives them; ``origin`` is the
+    centre of the first pixel; ``pixel_spacing`` is (between rows, between columns).
+    """
+
+    origin: tuple[float, float, float]
+    row_direction: tuple[float, float, float]
+    column_direction: tuple[float, float, float]
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+
+    def place(self, point: tuple[float, float, float]) -> tuple[float, float]:
+        """(across, down) of ``point``'s projection as fractions of the processor's square.
+
+        The processor pads a slice to a square (centred) before resizing it, so these are
+        the coordinates the model sees whatever the matrix: 0 is the left or top edge, 1 the
+        right or bottom one.
+        """
+        offset = np.asarray(point, dtype=np.float64) - np.asarray(self.origin, dtype=np.float64)
+        column = float(offset @ np.asarray(self.row_direction)) / self.pixel_spacing[1]
+        row = float(offset @ np.asarray(self.column_direction)) / self.pixel_spacing[0]
+        side = max(self.rows, self.columns)
+        top, left = (side - self.rows) // 2, (side - self.columns) // 2
+        return (column + left + 0.5) / side, (row + top + 0.5) / side
+
+
+@dataclass(frozen=True)
 class ViewGeometry:
-    """Where a view's slices lie: their positions (mm) along its unit normal (patient LPS)."""
+    """Where a view's slices lie: their positions (mm) along its unit normal (patient LPS),
+    and, when known, how its pixels lie within a slice."""
 
     positions: tuple[float, ...]
     normal: tuple[float, float, float]
+    plane: SlicePlane | None = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +257,18 @@ def load_study(folder: Path) -> list[tuple[ViewInput, ViewGeometry]]:
             views.append(
                 (
                     ViewInput(pixels=volume.pixels, modality=view.modality, view_key=view.key),  # type: ignore[arg-type]
-                    ViewGeometry(positions=tuple(volume.positions), normal=volume.normal),
+                    ViewGeometry(
+                        positions=tuple(volume.positions),
+                        normal=volume.normal,
+                        plane=SlicePlane(
+                            origin=volume.origin,
+                            row_direction=volume.orientation[:3],
+                            column_direction=volume.orientation[3:],
+                            pixel_spacing=(volume.spacing[1], volume.spacing[2]),
+                            rows=volume.pixels.shape[1],
+                            columns=volume.pixels.shape[2],
+                        ),
+                    ),
                 )
             )
     except NodeError as exc:
@@ -247,6 +291,9 @@ class StudyRecord:
     #: per view (n, L): 1 the slice shows the finding, 0 it does not, -1 unknown; empty when
     #: the study's geometry was not kept
     slice_targets: tuple[torch.Tensor, ...] = ()
+    #: per view (L, 2): where in its slices a located finding lies (`SlicePlane.place`), NaN
+    #: for a finding nothing locates; empty like `slice_targets`
+    finding_places: tuple[torch.Tensor, ...] = ()
 
     def meta_views(self) -> list[ViewInput]:
         """Pixel-free stand-ins (one 1x1 slice) carrying modality and key, for text batching."""
@@ -326,6 +373,24 @@ def slice_targets(
     return out
 
 
+def finding_places(
+    geometry: ViewGeometry, finding_labels: Sequence[str], regions: Sequence[FindingRegion]
+) -> torch.Tensor:
+    """(L, 2): where each located finding's centre falls within the view's slices, else NaN.
+
+    The slices that show a focal finding cut it near its centre (its radius is what
+    `slice_targets` calls showing), so the centre's projection is where it lies on each.
+    """
+    out = torch.full((len(finding_labels), 2), float("nan"))
+    if geometry.plane is None:
+        return out
+    index = {key: j for j, key in enumerate(finding_labels)}
+    for region in regions:
+        if region.key in index:
+            out[index[region.key]] = torch.tensor(geometry.plane.place(region.center_lps_mm))
+    return out
+
+
 def preprocess_study(
     name: str,
     views: Sequence[ViewInput],
@@ -346,6 +411,7 @@ def preprocess_study(
         if geometries
         else ()
     )
+    places = tuple(finding_places(geometry, names, regions) for geometry in geometries)
     return StudyRecord(
         name=name,
         pixels=pixels,
@@ -354,6 +420,7 @@ def preprocess_study(
         report=report,
         labels=dict(labels),
         slice_targets=targets,
+        finding_places=places,
     )
 
 

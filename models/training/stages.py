@@ -3,7 +3,7 @@
 MS-VLM (slice features cached once after stage 0, or after stage 0b when the schedule has
 it; the slice encoder stays frozen after that):
   0b. slice findings: the slice encoder learns to show the findings in its CLS embedding
-      from per-slice targets (see `slice_findings`);
+      from per-slice targets, and where in the slice a located one lies (see `slice_findings`);
   1. masked embedding modelling: 30% of the slice embeddings of a study are replaced by the
      Z-former's learned mask embedding and regressed (L1) from the Z-former output;
   2. bridge alignment: report generation loss with the language model (and Z-former) frozen;
@@ -82,6 +82,11 @@ class Schedule:
     #: finding's pooled vector, which tells where the finding is only if it comes from those
     #: slices (0.31 of the weight for the nodule without it, 0.58-0.64 with it; README "Sites")
     attention_supervision: float = 0.0
+    #: stage 0b: weight of the place loss (`slice_place_loss`), the slice encoder also saying
+    #: where in the slice a located finding lies (0: presence only). Why: a finding's site
+    #: (lobe, side, node station) needs its place within the slice, and a linear probe on
+    #: version 1's slice features put a nodule no closer than guessing the mean (README "Sites")
+    slice_place_weight: float = 0.0
     #: stage 3 also tunes the top N layers (and final norm) of the slice encoder; the hidden
     #: states entering them are cached once, so this costs N/L of a full encoder pass
     tune_vision_layers: int = 0
@@ -139,6 +144,7 @@ def _msvlm_schedule(preset: str) -> Schedule:
             slice_findings=StageSettings(epochs=1, lr=1e-3, batch_size=4),
             findings=StageSettings(epochs=2, lr=1e-3, batch_size=2),
             attention_supervision=1.0,
+            slice_place_weight=1.0,
             tune_vision_layers=1,
         )
     if preset == "demo":
@@ -151,6 +157,7 @@ def _msvlm_schedule(preset: str) -> Schedule:
             # two passes, not one: per study, the slice head's maximum over a held-out study's
             # slices rose from AUC 0.67 to 0.86 (nodule) and 0.62 to 0.85 (lymph nodes) with them
             slice_findings=StageSettings(epochs=2, lr=1e-3, batch_size=32),
+            # slice_place_weight stays 0: one seed's trial (README "Sites") was mixed
             findings=StageSettings(epochs=25, lr=1e-3, batch_size=16, weight_decay=0.05),
             attention_supervision=1.0,
         )
@@ -304,6 +311,19 @@ def _report_step(
 POSITIVE_WEIGHT = 3.0
 
 
+def slice_place_loss(predicted: torch.Tensor, truth: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+    """L1 between predicted and true places (fractions of the slice) where a slice shows a
+    located finding; 0 (with a gradient) when none of the batch does.
+
+    `predicted` and `places` are (B, L, 2), `truth` the slices' targets (B, L); a place is
+    NaN for a finding nothing locates.
+    """
+    mask = (truth == 1) & places.isfinite().all(dim=-1)
+    if not bool(mask.any()):
+        return predicted.sum() * 0.0
+    return F.l1_loss(predicted[mask], places[mask])
+
+
 def slice_pools(
     studies: Sequence[StudyRecord], num_labels: int
 ) -> tuple[list[list[tuple[int, int, int]]], list[tuple[int, int, int]]]:
@@ -327,6 +347,7 @@ def slice_findings(
     settings: StageSettings,
     *,
     seed: int,
+    place_weight: float = 0.0,
 ) -> StageLog:
     """Stage 0b: the slice encoder learns to show the findings in its CLS embedding.
 
@@ -340,6 +361,10 @@ def slice_findings(
     probes at chance), while tuning it later through the Z-former and the report loss
     collapsed the Z-former's output. The head is discarded; the findings head is trained
     later (stage 3a or 3) on the Z-former's output. Skipped when no slice has a known target.
+
+    With `place_weight`, a second linear head also says where in the slice each located
+    finding lies (`StudyRecord.finding_places`, `slice_place_loss`), so that the CLS
+    embedding carries the place a site is read from, not only the presence.
     """
     name = "stage0b slice findings"
     names = processor.settings.finding_labels
@@ -350,8 +375,11 @@ def slice_findings(
         return StageLog(name=name)
     device = module_device(model)
     vit = model.vision_model
-    head = nn.Linear(model.config.vision.hidden_size, len(names)).to(device)
-    params = [*_only_train(model, vit), *head.parameters()]
+    hidden = model.config.vision.hidden_size
+    head = nn.Linear(hidden, len(names)).to(device)
+    place_head = nn.Linear(hidden, 2 * len(names)).to(device)
+    use_places = place_weight > 0 and all(len(s.finding_places) == len(s.pixels) for s in studies)
+    params = [*_only_train(model, vit), *head.parameters(), *(place_head.parameters() if use_places else ())]
     generator = torch.Generator().manual_seed(seed + 5)
     turn = 0
     model.train()
@@ -366,10 +394,16 @@ def slice_findings(
         picked += [known[j] for j in torch.randint(len(known), (len(index),), generator=generator).tolist()]
         pixels = torch.stack([studies[i].pixels[v][k] for i, v, k in picked]).to(device).float()
         truth = torch.stack([studies[i].slice_targets[v][k] for i, v, k in picked]).to(device)
-        logits = head(vit(pixel_values=pixels).last_hidden_state[:, 0]).float()
+        embedding = vit(pixel_values=pixels).last_hidden_state[:, 0]
+        logits = head(embedding).float()
         mask = truth >= 0
         weight = torch.where(truth == 1, POSITIVE_WEIGHT, 1.0)
-        return F.binary_cross_entropy_with_logits(logits[mask], truth[mask], weight=weight[mask])
+        loss = F.binary_cross_entropy_with_logits(logits[mask], truth[mask], weight=weight[mask])
+        if use_places:
+            places = torch.stack([studies[i].finding_places[v] for i, v, _ in picked]).to(device)
+            predicted = place_head(embedding).float().view(len(picked), len(names), 2)
+            loss = loss + place_weight * slice_place_loss(predicted, truth, places)
+        return loss
 
     n_items = sum(len(pool) for pool in showing)
     log = run_stage(name, params, settings, n_items, step, seed=seed + 5)

@@ -13,7 +13,9 @@ from models.phantom.study import write_study
 from models.training.data import (
     DatasetError,
     FindingRegion,
+    SlicePlane,
     ViewGeometry,
+    finding_places,
     finding_regions,
     load_study,
     slice_targets,
@@ -93,3 +95,64 @@ def test_targets_match_where_the_phantom_draws_the_nodule(tmp_path: Path) -> Non
         assert not changed[marked == 0].any(), view.view_key
         assert changed.any(), view.view_key  # the nodule is in every view's coverage
     assert positives >= 1
+
+
+def test_a_slice_plane_places_a_point_as_fractions_of_the_processors_square() -> None:
+    # 40 rows x 80 columns at 2 mm (rows) x 1 mm (columns); the processor pads the rows to 80
+    plane = SlicePlane(
+        origin=(-40.0, -40.0, 0.0),
+        row_direction=(1.0, 0.0, 0.0),
+        column_direction=(0.0, 1.0, 0.0),
+        pixel_spacing=(2.0, 1.0),
+        rows=40,
+        columns=80,
+    )
+    across, down = plane.place((-40.0, -40.0, 17.0))  # the first pixel's centre, any slice
+    assert across == pytest.approx(0.5 / 80) and down == pytest.approx((20 + 0.5) / 80)
+    across, down = plane.place((-1.0, 38.0, 0.0))  # column 39, row 39: the bottom row's middle
+    assert across == pytest.approx(39.5 / 80) and down == pytest.approx((20 + 39.5) / 80)
+
+
+def test_finding_places_locate_only_what_the_answer_key_locates() -> None:
+    plane = SlicePlane((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0), 10, 10)
+    geometry = replace(AXIAL, plane=plane)
+    regions = [
+        FindingRegion("lung_nodule", (2.0, 7.0, 40.0), 6.0),
+        FindingRegion("lymphadenopathy", (1.0, 1.0, 1.0), 3.0),  # not in this vocabulary
+    ]
+    places = finding_places(geometry, NAMES, regions)
+    assert places[0].tolist() == pytest.approx([0.25, 0.75])
+    assert bool(places[1:].isnan().all())  # effusion and liver lesion: nothing locates them
+    assert bool(finding_places(AXIAL, NAMES, regions).isnan().all())  # no plane known
+
+
+def test_the_place_is_where_the_phantom_draws_the_nodule(tmp_path: Path) -> None:
+    """On each slice that shows the nodule, the pixels it changes centre on its place."""
+    spec = PhantomSpec(
+        modality="CT",
+        planes=("axial", "coronal", "sagittal"),
+        phases=("venous",),
+        seed=11,
+        matrix=32,
+        slices=16,
+        include_localizer=False,
+        include_dose_report=False,
+        include_oblique=False,
+        findings=(Finding("lung_nodule", {"size_mm": 20.0, "lobe": "left lower lobe"}),),
+    )
+    write_study(spec, tmp_path / "with")
+    write_study(replace(spec, findings=()), tmp_path / "without")
+    regions = finding_regions(tmp_path / "with")
+    checked = 0
+    for (view, geometry), (plain, _) in zip(
+        load_study(tmp_path / "with"), load_study(tmp_path / "without"), strict=True
+    ):
+        across, down = finding_places(geometry, NAMES, regions)[0].tolist()
+        targets = slice_targets(geometry, view.pixels.shape[0], NAMES, {"lung_nodule": 1}, regions)
+        for k in (targets[:, 0] == 1).nonzero().flatten().tolist():
+            rows, columns = np.nonzero(np.abs(view.pixels[k] - plain.pixels[k]) > 50)
+            side = max(view.pixels.shape[1:])
+            assert abs((columns.mean() + 0.5) / side - across) * side < 1.0, view.view_key
+            assert abs((rows.mean() + 0.5) / side - down) * side < 1.0, view.view_key
+            checked += 1
+    assert checked >= 3

@@ -96,6 +96,15 @@ def test_encoder_from_trains_stages_1_to_3_on_a_saved_slice_encoder(dataset: Pat
     a = MsVlmForReportGeneration.from_pretrained(first).vision_model.state_dict()
     b = MsVlmForReportGeneration.from_pretrained(second).vision_model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # --slice-passes continues stage 0b on the loaded encoder (with the place loss); DINO stays skipped
+    third = tmp_path / "third"
+    train(preset="tiny", data=dataset, out=third, seed=1, schedule=frozen, encoder_from=first, slice_passes=1)
+    names = [stage["name"] for stage in json.loads((third / "training.json").read_text())["stages"]]
+    assert names[:2] == ["stage0b slice findings", "slice feature cache"] and "stage0 dino" not in names
+    c = MsVlmForReportGeneration.from_pretrained(third).vision_model.state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ValueError, match="0 or more"):
+        train(preset="tiny", data=dataset, out=tmp_path / "n", schedule=SCHEDULE, slice_passes=-1)
     with pytest.raises(ValueError, match="baseline has none"):
         train(
             preset="tiny",
@@ -188,7 +197,10 @@ def test_train_cli_refuses_a_folder_without_an_index(
     """Every option parses (the phantom ones from `add_phantom_arguments`); the error names the folder."""
     missing = tmp_path / "nothing-here"
     code = main(
-        ["--data", str(missing), "--out", str(tmp_path / "out"), "--position-jitter", "5", "--matrix", "32"]
+        [
+            *("--data", str(missing), "--out", str(tmp_path / "out"), "--position-jitter", "5"),
+            *("--matrix", "32", "--slice-passes", "1", "--slice-place-weight", "2"),
+        ]
     )
     assert code == 1
     assert f"{missing} has no dataset.jsonl" in capsys.readouterr().err
