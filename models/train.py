@@ -476,16 +476,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="stage 0b passes (default: the preset's; with --encoder-from none, N continues it)",
     )
     parser.add_argument(
-        "--device",
-        default=_env("DEVICE", "auto"),
-        help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
-    )
-    parser.add_argument(
         "--slice-place-weight",
         type=float,
         default=None if _env("SLICE_PLACE_WEIGHT") is None else float(_env("SLICE_PLACE_WEIGHT") or 0),
         metavar="W",
         help="stage 0b: weight of the loss on where in the slice a located finding lies",
+    )
+    parser.add_argument(
+        "--device",
+        default=_env("DEVICE", "auto"),
+        help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
     )
     args = parser.parse_args(argv)
     schedule = schedule_for(args.preset, baseline=args.baseline)

@@ -64,24 +64,29 @@ def test_a_broken_answer_key_is_a_dataset_error(tmp_path: Path) -> None:
     assert finding_regions(tmp_path / "elsewhere") == []
 
 
-def test_targets_match_where_the_phantom_draws_the_nodule(tmp_path: Path) -> None:
-    """Every slice marked as showing the nodule is one its pixels change, and no slice marked
-    clear of it changes. (A slice only grazed by it stays unknown: here the axial slices
-    lie 10.7 and 14.3 mm from the centre of a 10 mm radius, so only the coronal view has one.)"""
-    base = PhantomSpec(
+def _with_and_without_nodule(folder: Path, *, planes: tuple[str, ...], seed: int, lobe: str) -> None:
+    """Two small CT studies in `folder`, "with" a 20 mm nodule in `lobe` and "without" it."""
+    spec = PhantomSpec(
         modality="CT",
-        planes=("axial", "coronal"),
+        planes=planes,
         phases=("venous",),
-        seed=7,
+        seed=seed,
         matrix=32,
         slices=16,
         include_localizer=False,
         include_dose_report=False,
         include_oblique=False,
-        findings=(Finding("lung_nodule", {"size_mm": 20.0, "lobe": "right upper lobe"}),),
+        findings=(Finding("lung_nodule", {"size_mm": 20.0, "lobe": lobe}),),
     )
-    write_study(base, tmp_path / "with")
-    write_study(replace(base, findings=()), tmp_path / "without")
+    write_study(spec, folder / "with")
+    write_study(replace(spec, findings=()), folder / "without")
+
+
+def test_targets_match_where_the_phantom_draws_the_nodule(tmp_path: Path) -> None:
+    """Every slice marked as showing the nodule is one its pixels change, and no slice marked
+    clear of it changes. (A slice only grazed by it stays unknown: here the axial slices
+    lie 10.7 and 14.3 mm from the centre of a 10 mm radius, so only the coronal view has one.)"""
+    _with_and_without_nodule(tmp_path, planes=("axial", "coronal"), seed=7, lobe="right upper lobe")
     regions = finding_regions(tmp_path / "with")
     assert [(r.key, r.radius_mm) for r in regions] == [("lung_nodule", 10.0)]
     with_views, without_views = load_study(tmp_path / "with"), load_study(tmp_path / "without")
@@ -128,20 +133,9 @@ def test_finding_places_locate_only_what_the_answer_key_locates() -> None:
 
 def test_the_place_is_where_the_phantom_draws_the_nodule(tmp_path: Path) -> None:
     """On each slice that shows the nodule, the pixels it changes centre on its place."""
-    spec = PhantomSpec(
-        modality="CT",
-        planes=("axial", "coronal", "sagittal"),
-        phases=("venous",),
-        seed=11,
-        matrix=32,
-        slices=16,
-        include_localizer=False,
-        include_dose_report=False,
-        include_oblique=False,
-        findings=(Finding("lung_nodule", {"size_mm": 20.0, "lobe": "left lower lobe"}),),
+    _with_and_without_nodule(
+        tmp_path, planes=("axial", "coronal", "sagittal"), seed=11, lobe="left lower lobe"
     )
-    write_study(spec, tmp_path / "with")
-    write_study(replace(spec, findings=()), tmp_path / "without")
     regions = finding_regions(tmp_path / "with")
     checked = 0
     for (view, geometry), (plain, _) in zip(
