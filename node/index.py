@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -44,6 +44,7 @@ from node.store import validate_uid
 
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_N = TypeVar("_N", int, float)
 #: UIDs are read whole (validation, not truncation, refuses one that is too long)
 _UID_READ = 4096
 
@@ -116,7 +117,7 @@ def inspect_encoded(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
         transfer_syntax_uid=transfer_syntax,
-        instance_number=_int(ds, "InstanceNumber"),
+        instance_number=_number(ds, "InstanceNumber", int),
         own_output=own_output,
         study={
             "patient_id": _text(ds, "PatientID", 64),
@@ -128,12 +129,12 @@ def inspect_encoded(
         series={
             "modality": _text(ds, "Modality", 16),
             "sop_class_uid": sop_class,
-            "series_number": _int(ds, "SeriesNumber"),
+            "series_number": _number(ds, "SeriesNumber", int),
             "series_description": _text(ds, "SeriesDescription", 64),
             "image_type": _text(ds, "ImageType", 128),
             "body_part": _text(ds, "BodyPartExamined", 16),
             "image_orientation": _text(ds, "ImageOrientationPatient", 128),
-            "slice_thickness": _float(ds, "SliceThickness"),
+            "slice_thickness": _number(ds, "SliceThickness", float),
             "series_time": _text(ds, "SeriesTime", 16),
             "acquisition_time": _text(ds, "AcquisitionTime", 16),
             "contrast_agent": _text(ds, "ContrastBolusAgent", 64),
@@ -141,9 +142,9 @@ def inspect_encoded(
             "contrast_start_time": _text(ds, "ContrastBolusStartTime", 16),
             "scanning_sequence": _text(ds, "ScanningSequence", 64),
             "sequence_variant": _text(ds, "SequenceVariant", 64),
-            "echo_time": _float(ds, "EchoTime"),
-            "repetition_time": _float(ds, "RepetitionTime"),
-            "inversion_time": _float(ds, "InversionTime"),
+            "echo_time": _number(ds, "EchoTime", float),
+            "repetition_time": _number(ds, "RepetitionTime", float),
+            "inversion_time": _number(ds, "InversionTime", float),
             "own_output": own_output,
         },
     )
@@ -235,30 +236,17 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     return text[:limit] or None
 
 
-def _float(ds: Dataset, keyword: str) -> float | None:
+def _number(ds: Dataset, keyword: str, kind: type[_N]) -> _N | None:
+    """The element's single value as `kind`, None when absent, empty or not a number."""
     fast = _raw_text(ds, keyword)
     if fast is not None and "\\" not in fast:
         try:
-            return float(fast) if fast.strip() else None
+            return kind(fast) if fast.strip() else None
         except ValueError:
-            pass  # pydicom decides, as for any value it reads
+            pass  # pydicom decides (it reads "12.0" as the integer 12)
     try:
         value = ds.get(keyword)
-        return None if value in (None, "") else float(value)
-    except Exception:
-        return None
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    fast = _raw_text(ds, keyword)
-    if fast is not None and "\\" not in fast:
-        try:
-            return int(fast) if fast.strip() else None
-        except ValueError:
-            pass  # e.g. "12.0", which pydicom reads as 12
-    try:
-        value = ds.get(keyword)
-        return None if value in (None, "") else int(value)
+        return None if value in (None, "") else kind(value)
     except Exception:
         return None
 
