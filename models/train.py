@@ -43,7 +43,7 @@ from models.msvlm import (
     ProcessorSettings,
     ReportGenerator,
 )
-from models.msvlm.configuration_msvlm import ReportModelConfig
+from models.msvlm.configuration_msvlm import SLICE_POOLINGS, MsVlmConfig, ReportModelConfig, SlicePooling
 from models.msvlm.presets import PRESET_NAMES, msvlm_preset
 from models.msvlm.report_model import ReportModelBase
 from models.msvlm.tokenizer import build_word_tokenizer
@@ -248,6 +248,7 @@ def _train_slice_encoder(
                 schedule.slice_findings,
                 seed=seed,
                 place_weight=schedule.slice_place_weight,
+                token_weight=schedule.slice_token_weight,
             )
         )
         print(logs[-1].line(), flush=True)
@@ -289,6 +290,7 @@ def train(
     device: str | torch.device = "cpu",
     encoder_from: Path | None = None,
     slice_passes: int | None = None,
+    slice_pooling: SlicePooling | None = None,
 ) -> ReportGenerator:
     """Everything `python -m models.train` does; returns the trained generator (also saved).
 
@@ -297,7 +299,8 @@ def train(
     skipped. Why: a new head or loss can then be tried on a known encoder, and the result
     compared with that encoder's model rather than with a new encoder's seed luck.
     `slice_passes` sets stage 0b's passes (0: none); with `encoder_from` it continues
-    stage 0b on the loaded encoder, which otherwise is kept as it is.
+    stage 0b on the loaded encoder, which otherwise is kept as it is. `slice_pooling`
+    overrides the preset's (`MsVlmConfig.slice_pooling`).
 
     `schedule` overrides the preset's stage budgets (tests use a few steps). `device` is
     where every stage runs (see `models.training.device.resolve_device`; "cpu" here so that
@@ -329,6 +332,11 @@ def train(
     tokenizer = build_tokenizer([e.report for e in entries], probe_config)
     vocab_size = -(-len(tokenizer) // 8) * 8
     config = make_config(preset, baseline=baseline, vocab_size=vocab_size)
+    if slice_pooling is not None:
+        if not isinstance(config, MsVlmConfig):
+            raise ValueError("--slice-pooling is MS-VLM's; the baseline has no slice encoder")
+        config.slice_pooling = slice_pooling
+        config.check()
     processor = MsVlmProcessor.from_model_config(config, tokenizer)
 
     start = time.perf_counter()
@@ -483,6 +491,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="stage 0b: weight of the loss on where in the slice a located finding lies",
     )
     parser.add_argument(
+        "--slice-token-weight",
+        type=float,
+        default=None if _env("SLICE_TOKEN_WEIGHT") is None else float(_env("SLICE_TOKEN_WEIGHT") or 0),
+        metavar="W",
+        help="stage 0b: weight of the loss on which patch token shows a located finding",
+    )
+    parser.add_argument(
+        "--slice-pooling",
+        choices=SLICE_POOLINGS,
+        default=_env("SLICE_POOLING"),
+        help="a slice's embedding: its CLS token, or that plus its patch tokens' maximum "
+        "(default: the preset's)",
+    )
+    parser.add_argument(
         "--device",
         default=_env("DEVICE", "auto"),
         help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)",
@@ -491,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     schedule = schedule_for(args.preset, baseline=args.baseline)
     if args.slice_place_weight is not None:
         schedule = replace(schedule, slice_place_weight=args.slice_place_weight)
+    if args.slice_token_weight is not None:
+        schedule = replace(schedule, slice_token_weight=args.slice_token_weight)
     if args.align_epochs is not None:
         schedule = replace(schedule, align=replace(schedule.align, epochs=args.align_epochs))
     if args.tune_epochs is not None:
@@ -511,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             encoder_from=args.encoder_from,
             slice_passes=args.slice_passes,
+            slice_pooling=args.slice_pooling,
         )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -25,6 +25,8 @@ from .conv_stem import supports_patch_size
 #: how the findings head pools the visual tokens (`bridge.FindingsHead`)
 FindingsPooling = Literal["mean", "attention", "per_finding"]
 FINDINGS_POOLINGS: tuple[str, ...] = get_args(FindingsPooling)
+SlicePooling = Literal["cls", "cls_max"]
+SLICE_POOLINGS: tuple[str, ...] = get_args(SlicePooling)
 
 #: Lung, mediastinum and bone windows as (width, level) in HU, one per input channel.
 DEFAULT_CT_WINDOWS: tuple[tuple[float, float], ...] = ((1500.0, -600.0), (400.0, 40.0), (2000.0, 500.0))
@@ -290,6 +292,12 @@ class MsVlmConfig(ReportModelConfig):
     #: strided-convolution stem in its place (`conv_stem.ConvStem`), which sees findings of a few
     #: pixels that a linear embedding trained on little data misses
     vision_stem: Literal["patch", "conv"] = "patch"
+    #: a slice's embedding: "cls", the CLS token after the final norm (the paper's); "cls_max",
+    #: that plus the element-wise maximum over the patch tokens. Why: a finding of a few pixels
+    #: lights up one patch token wherever it lies; the maximum passes it on whatever its place,
+    #: where the CLS must learn to attend to every place it may be
+    #: (`MsVlmForReportGeneration.slice_embedding`)
+    slice_pooling: SlicePooling = "cls"
 
     @property
     def vision(self) -> ViTConfig:
@@ -330,6 +338,10 @@ class MsVlmConfig(ReportModelConfig):
             f"image_size ({self.image_size}) must be a multiple of vision_config.patch_size",
         )
         _require(vision.num_channels == 3, "vision_config.num_channels must be 3 (three CT windows)")
+        _require(
+            self.slice_pooling in SLICE_POOLINGS,
+            f"slice_pooling must be one of {SLICE_POOLINGS}, got {self.slice_pooling!r}",
+        )
         patch = vision.patch_size
         _require(
             self.vision_stem != "conv" or supports_patch_size(patch),

@@ -1,6 +1,7 @@
 """MS-VLM ("Read Like a Radiologist"): slice encoder + Z-former + Perceiver bridge + LM.
 
-Each slice is encoded on its own by a 2D ViT (its CLS token after the final layer norm), in
+Each slice is encoded on its own by a 2D ViT (its CLS token after the final layer norm, plus
+with `slice_pooling` "cls_max" the maximum over its patch tokens), in
 chunks of `config.slice_chunk_size`, so inference memory depends on the chunk and not on the
 study. (Under autograd every chunk's activations are kept for the backward pass; training
 either caches slice features or checkpoints the ViT.) The Z-former then reads the slice
@@ -60,16 +61,24 @@ class MsVlmForReportGeneration(ReportModelBase):
 
     # --- slice encoder ---------------------------------------------------------------------
 
-    def _cls_embeddings(self, slices: torch.Tensor) -> torch.Tensor:
-        # clone(): a [:, 0] view would keep the chunk's whole (n, tokens, D) output alive.
-        return self.vision_model(pixel_values=slices).last_hidden_state[:, 0].clone()
+    def slice_embedding(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + patches, D) final-norm ViT states -> (N, D) slice embeddings (`slice_pooling`).
+
+        Always a new tensor: a [:, 0] view would keep the chunk's whole output alive.
+        """
+        if self.config.slice_pooling == "cls_max":
+            return hidden[:, 0] + hidden[:, 1:].amax(dim=1)
+        return hidden[:, 0].clone()
+
+    def _slice_embeddings(self, slices: torch.Tensor) -> torch.Tensor:
+        return self.slice_embedding(self.vision_model(pixel_values=slices).last_hidden_state)
 
     def encode_slices(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) slices -> (N, D_vision) CLS embeddings, `slice_chunk_size` at a time."""
+        """(N, 3, S, S) slices -> (N, D_vision) slice embeddings, `slice_chunk_size` at a time."""
         chunks = pixel_values.split(self.config.slice_chunk_size)
         if not chunks:
             return pixel_values.new_zeros((0, self.config.vision.hidden_size))
-        return torch.cat([self._cls_embeddings(chunk) for chunk in chunks], dim=0)
+        return torch.cat([self._slice_embeddings(chunk) for chunk in chunks], dim=0)
 
     def encode_views(self, pixel_values: torch.Tensor, slice_mask: torch.Tensor) -> torch.Tensor:
         """(B, V, Z, 3, S, S) padded pixels -> (B, V, Z, D_vision); padding slices are not encoded.
@@ -83,7 +92,7 @@ class MsVlmForReportGeneration(ReportModelBase):
         width = self.config.vision.hidden_size
         out = flat_pixels.new_zeros((flat_pixels.shape[0], width), dtype=self.vision_model.dtype)
         for index in valid.split(self.config.slice_chunk_size):
-            features = self._cls_embeddings(flat_pixels[index])
+            features = self._slice_embeddings(flat_pixels[index])
             out.index_copy_(0, index, features.to(out.dtype))
         return out.view(*mask.shape, width)
 

@@ -2,7 +2,7 @@
 
 MS-VLM (slice features cached once after stage 0, or after stage 0b when the schedule has
 it; the slice encoder stays frozen after that):
-  0b. slice findings: the slice encoder learns to show the findings in its CLS embedding
+  0b. slice findings: the slice encoder learns to show the findings in its slice embedding
       from per-slice targets, and where in the slice a located one lies (see `slice_findings`);
   1. masked embedding modelling: 30% of the slice embeddings of a study are replaced by the
      Z-former's learned mask embedding and regressed (L1) from the Z-former output;
@@ -87,6 +87,9 @@ class Schedule:
     #: (lobe, side, node station) needs its place within the slice, and a linear probe on
     #: version 1's slice features put a nodule no closer than guessing the mean (README "Sites")
     slice_place_weight: float = 0.0
+    #: stage 0b: weight of `slice_token_loss`, a head on each patch token saying which token
+    #: shows a located finding (0: none). Why: see `slice_token_loss`
+    slice_token_weight: float = 0.0
     #: stage 3 also tunes the top N layers (and final norm) of the slice encoder; the hidden
     #: states entering them are cached once, so this costs N/L of a full encoder pass
     tune_vision_layers: int = 0
@@ -145,6 +148,7 @@ def _msvlm_schedule(preset: str) -> Schedule:
             findings=StageSettings(epochs=2, lr=1e-3, batch_size=2),
             attention_supervision=1.0,
             slice_place_weight=1.0,
+            slice_token_weight=1.0,
             tune_vision_layers=1,
         )
     if preset == "demo":
@@ -324,6 +328,45 @@ def slice_place_loss(predicted: torch.Tensor, truth: torch.Tensor, places: torch
     return F.l1_loss(predicted[mask], places[mask])
 
 
+def slice_token_loss(token_logits: torch.Tensor, truth: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+    """Where a located finding lies, one patch token must score it and no distant one may.
+
+    `token_logits` (B, T, L) are a head's scores of the (B, T) patch tokens of a square grid,
+    `truth` the slices' targets (B, L), `places` (B, L, 2) where each located finding's centre
+    lies (fractions of the slice, NaN where nothing locates it). Per slice and finding:
+      * it shows a located finding: the best token within one token of its centre is
+        pushed to 1 (weighted like a positive slice) and the best token more than one and a
+        half tokens away to 0; a finding of a few pixels can straddle a token's border, so
+        the nearest tokens compete and the ring between stays unknown;
+      * it does not show the finding: its best token is pushed to 0.
+    Why: a slice label alone lets the encoder learn a finding where the training studies
+    happen to put it; this says which token shows it, on every slice, so the same detector
+    must fire wherever it lies and nowhere else (README "Where in the slice").
+    """
+    grid = math.isqrt(token_logits.shape[1])
+    if grid * grid != token_logits.shape[1]:
+        raise ValueError(f"{token_logits.shape[1]} patch tokens do not make a square grid")
+    axis = (torch.arange(grid, device=token_logits.device, dtype=torch.float32) + 0.5) / grid
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    centres = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # (T, 2) as (across, down)
+    logits = token_logits.float().transpose(1, 2)  # (B, L, T)
+    # Chebyshev distance in tokens from each finding's place to each token's centre
+    distance = (places.float()[:, :, None, :] - centres).abs().amax(dim=-1) * grid
+    total = logits.sum() * 0.0
+    clear = truth == 0
+    if bool(clear.any()):
+        best = logits[clear].amax(dim=-1)
+        total = total + F.binary_cross_entropy_with_logits(best, torch.zeros_like(best))
+    shown = (truth == 1) & places.isfinite().all(dim=-1)
+    if bool(shown.any()):
+        scores, away = logits[shown], distance[shown]
+        near = scores.masked_fill(away > 1.0, -1e4).amax(dim=-1)
+        far = scores.masked_fill(away <= 1.5, -1e4).amax(dim=-1)
+        total = total + POSITIVE_WEIGHT * F.binary_cross_entropy_with_logits(near, torch.ones_like(near))
+        total = total + F.binary_cross_entropy_with_logits(far, torch.zeros_like(far))
+    return total
+
+
 def slice_pools(
     studies: Sequence[StudyRecord], num_labels: int
 ) -> tuple[list[list[tuple[int, int, int]]], list[tuple[int, int, int]]]:
@@ -348,14 +391,15 @@ def slice_findings(
     *,
     seed: int,
     place_weight: float = 0.0,
+    token_weight: float = 0.0,
 ) -> StageLog:
-    """Stage 0b: the slice encoder learns to show the findings in its CLS embedding.
+    """Stage 0b: the slice encoder learns to show the findings in its slice embedding.
 
     A linear head scores slices against their targets (`StudyRecord.slice_targets`: from
     the answer keys' locations for focal findings, from the study labels otherwise). Each
     step takes `batch_size` slices that show a finding, the finding drawn in turn so that
     the few nodule slices count as much as the many of a diffuse finding, and as many
-    slices drawn from all those with a known target. Why: the later stages read the CLS
+    slices drawn from all those with a known target. Why: the later stages read the slice
     embedding only, and that of a small ViT trained self-supervised on a few hundred
     studies carries neither a finding of a few pixels nor the size of the heart (linear
     probes at chance), while tuning it later through the Z-former and the report loss
@@ -363,8 +407,10 @@ def slice_findings(
     later (stage 3a or 3) on the Z-former's output. Skipped when no slice has a known target.
 
     With `place_weight`, a second linear head also says where in the slice each located
-    finding lies (`StudyRecord.finding_places`, `slice_place_loss`), so that the CLS
+    finding lies (`StudyRecord.finding_places`, `slice_place_loss`), so that the slice
     embedding carries the place a site is read from, not only the presence.
+    With `token_weight`, a head on the patch tokens learns which token shows each located
+    finding (`slice_token_loss`).
     """
     name = "stage0b slice findings"
     names = processor.settings.finding_labels
@@ -378,8 +424,16 @@ def slice_findings(
     hidden = model.config.vision.hidden_size
     head = nn.Linear(hidden, len(names)).to(device)
     place_head = nn.Linear(hidden, 2 * len(names)).to(device)
-    use_places = place_weight > 0 and all(len(s.finding_places) == len(s.pixels) for s in studies)
-    params = [*_only_train(model, vit), *head.parameters(), *(place_head.parameters() if use_places else ())]
+    token_head = nn.Linear(hidden, len(names)).to(device)
+    located = all(len(s.finding_places) == len(s.pixels) for s in studies)
+    use_places = place_weight > 0 and located
+    use_tokens = token_weight > 0 and located
+    params = [
+        *_only_train(model, vit),
+        *head.parameters(),
+        *(place_head.parameters() if use_places else ()),
+        *(token_head.parameters() if use_tokens else ()),
+    ]
     generator = torch.Generator().manual_seed(seed + 5)
     turn = 0
     model.train()
@@ -394,15 +448,19 @@ def slice_findings(
         picked += [known[j] for j in torch.randint(len(known), (len(index),), generator=generator).tolist()]
         pixels = torch.stack([studies[i].pixels[v][k] for i, v, k in picked]).to(device).float()
         truth = torch.stack([studies[i].slice_targets[v][k] for i, v, k in picked]).to(device)
-        embedding = vit(pixel_values=pixels).last_hidden_state[:, 0]
+        states = vit(pixel_values=pixels).last_hidden_state
+        embedding = model.slice_embedding(states)
         logits = head(embedding).float()
         mask = truth >= 0
         weight = torch.where(truth == 1, POSITIVE_WEIGHT, 1.0)
         loss = F.binary_cross_entropy_with_logits(logits[mask], truth[mask], weight=weight[mask])
-        if use_places:
+        if use_places or use_tokens:
             places = torch.stack([studies[i].finding_places[v] for i, v, _ in picked]).to(device)
+        if use_places:
             predicted = place_head(embedding).float().view(len(picked), len(names), 2)
             loss = loss + place_weight * slice_place_loss(predicted, truth, places)
+        if use_tokens:
+            loss = loss + token_weight * slice_token_loss(token_head(states[:, 1:]), truth, places)
         return loss
 
     n_items = sum(len(pool) for pool in showing)
@@ -666,13 +724,13 @@ def cache_vision_hidden(
 def top_vision_features(
     model: MsVlmForReportGeneration, hidden: Sequence[torch.Tensor], top_layers: int
 ) -> list[torch.Tensor]:
-    """Run the top ViT layers + final norm on cached hidden states; CLS per slice, per view."""
+    """Run the top ViT layers + final norm on cached hidden states; slice embeddings per view."""
     vit = model.vision_model
     states = torch.cat(list(hidden)).float()
     for layer in vit.layers[len(vit.layers) - top_layers :]:
         states = layer(states)
-    cls = vit.layernorm(states)[:, 0]
-    return list(cls.split([h.shape[0] for h in hidden]))
+    embeddings = model.slice_embedding(vit.layernorm(states))
+    return list(embeddings.split([h.shape[0] for h in hidden]))
 
 
 def stage3_tune(

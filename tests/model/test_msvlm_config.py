@@ -61,6 +61,7 @@ def test_tiny_kwargs_are_valid() -> None:
         ({"findings_threshold": 1.0}, "findings_threshold must lie strictly between 0 and 1"),
         ({"finding_modalities": {"tumour": ["CT"]}}, "finding_modalities names findings not in"),
         ({"findings_threshold": 0}, "findings_threshold must lie strictly between 0 and 1"),
+        ({"slice_pooling": "mean"}, "slice_pooling must be one of"),
     ],
 )
 def test_invalid_values_are_rejected(overrides: dict[str, Any], message: str) -> None:

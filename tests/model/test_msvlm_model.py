@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from models.msvlm import MsVlmBatch, MsVlmForReportGeneration, MsVlmProcessor, ViewInput
+from models.msvlm import MsVlmBatch, MsVlmConfig, MsVlmForReportGeneration, MsVlmProcessor, ViewInput
 from models.msvlm.zformer import pack_views
 from tests.support.batches import forward_batch
 
@@ -113,6 +113,26 @@ def test_chunked_slice_encoding_matches_unchunked(
         whole = tiny_model.encode_slices(slices)
     assert chunked.shape == (11, tiny_model.config.vision.hidden_size)
     assert torch.allclose(chunked, whole, atol=1e-5)
+
+
+def test_cls_max_pooling_adds_the_patch_tokens_maximum_and_survives_a_round_trip(
+    tiny_config: MsVlmConfig, processor: MsVlmProcessor, make_study: StudyFactory, tmp_path: Path
+) -> None:
+    tiny_config.slice_pooling = "cls_max"
+    torch.manual_seed(0)
+    model = MsVlmForReportGeneration(tiny_config).eval()
+    batch = processor([make_study([("CT", "CT:axial:arterial", 5)])])
+    slices = batch.pixel_values[batch.slice_mask]
+    with torch.no_grad():
+        states = model.vision_model(pixel_values=slices).last_hidden_state
+        pooled = model.encode_slices(slices)
+        model.save_pretrained(tmp_path)
+        loaded = MsVlmForReportGeneration.from_pretrained(tmp_path).eval()
+        again = loaded.encode_slices(slices)
+    assert torch.allclose(pooled, states[:, 0] + states[:, 1:].amax(dim=1), atol=1e-6)
+    assert not torch.allclose(pooled, states[:, 0], atol=1e-3)
+    assert loaded.config.slice_pooling == "cls_max"
+    assert torch.equal(pooled, again)
 
 
 def test_precomputed_slice_features_match_pixels(

@@ -7,7 +7,13 @@ import torch
 
 from models.msvlm import MsVlmForReportGeneration, MsVlmProcessor
 from models.training.data import StudyRecord
-from models.training.stages import StageSettings, slice_findings, slice_place_loss, slice_pools
+from models.training.stages import (
+    StageSettings,
+    slice_findings,
+    slice_place_loss,
+    slice_pools,
+    slice_token_loss,
+)
 
 pytestmark = pytest.mark.model
 
@@ -120,3 +126,46 @@ def test_with_a_place_weight_the_encoder_learns_where_the_finding_is(
     assert log.last_loss < log.first_loss, log.epoch_losses
     # measured: 2.0 -> 12.5 with the place loss; presence alone took it to 0.7
     assert separation() > 3 * before
+
+
+def test_the_token_loss_wants_the_token_at_the_place_and_no_distant_one() -> None:
+    """A 4x4 token grid; finding 0 lies at (across 0.3, down 0.6): token row 2, column 1."""
+
+    def loss(hot: int, truth: float, place: tuple[float, float] = (0.3, 0.6)) -> float:
+        logits = torch.full((1, 16, 2), -8.0)
+        logits[0, hot, 0] = 8.0
+        places = torch.tensor([[list(place), [float("nan")] * 2]])
+        return slice_token_loss(logits, torch.tensor([[truth, 1.0]]), places).item()
+
+    at_place = loss(2 * 4 + 1, 1.0)
+    assert at_place < 0.01
+    # a miss near the place costs 3 x 8 (weighted like a positive slice), a distant firing 8
+    assert loss(0, 1.0) > 30
+    # row 1, column 2 (across and down swapped) is neither near nor distant: only the miss counts
+    assert 20 < loss(1 * 4 + 2, 1.0) < 25
+    assert loss(2 * 4 + 1, 0.0) > 7  # a slice that does not show it: any firing token costs
+    assert loss(2 * 4 + 1, -1.0) < 0.01  # unknown, and the unlocated finding 1, count nothing
+    with pytest.raises(ValueError, match="square grid"):
+        slice_token_loss(torch.zeros(1, 15, 2), torch.zeros(1, 2), torch.zeros(1, 2, 2))
+
+
+def test_with_a_token_weight_the_stage_trains_and_lowers_its_loss(
+    tiny_model: MsVlmForReportGeneration, processor: MsVlmProcessor
+) -> None:
+    labels = len(processor.settings.finding_labels)
+    studies = [
+        _study(
+            f"s{i}", [[float(k % 2 == 0)] + [0.0] * (labels - 1) for k in range(6)], seed=i, at=(4 * i, 20)
+        )
+        for i in range(6)
+    ]
+    torch.manual_seed(0)
+    log = slice_findings(
+        tiny_model,
+        processor,
+        studies,
+        StageSettings(epochs=6, lr=3e-3, batch_size=4),
+        seed=0,
+        token_weight=1.0,
+    )
+    assert log.last_loss < 0.7 * log.first_loss, log.epoch_losses

@@ -96,11 +96,22 @@ def test_encoder_from_trains_stages_1_to_3_on_a_saved_slice_encoder(dataset: Pat
     a = MsVlmForReportGeneration.from_pretrained(first).vision_model.state_dict()
     b = MsVlmForReportGeneration.from_pretrained(second).vision_model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # --slice-passes continues stage 0b on the loaded encoder (with the place loss); DINO stays skipped
+    # --slice-passes continues stage 0b on the loaded encoder (with the place and token losses,
+    # here with the patch tokens' maximum pooled in); DINO stays skipped
     third = tmp_path / "third"
-    train(preset="tiny", data=dataset, out=third, seed=1, schedule=frozen, encoder_from=first, slice_passes=1)
+    train(
+        preset="tiny",
+        data=dataset,
+        out=third,
+        seed=1,
+        schedule=frozen,
+        encoder_from=first,
+        slice_passes=1,
+        slice_pooling="cls_max",
+    )
     names = [stage["name"] for stage in json.loads((third / "training.json").read_text())["stages"]]
     assert names[:2] == ["stage0b slice findings", "slice feature cache"] and "stage0 dino" not in names
+    assert json.loads((third / "config.json").read_text())["slice_pooling"] == "cls_max"
     c = MsVlmForReportGeneration.from_pretrained(third).vision_model.state_dict()
     assert any(not torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(ValueError, match="0 or more"):
@@ -113,6 +124,15 @@ def test_encoder_from_trains_stages_1_to_3_on_a_saved_slice_encoder(dataset: Pat
             baseline=True,
             schedule=SCHEDULE,
             encoder_from=first,
+        )
+    with pytest.raises(ValueError, match="baseline has no slice encoder"):
+        train(
+            preset="tiny",
+            data=dataset,
+            out=tmp_path / "p",
+            baseline=True,
+            schedule=SCHEDULE,
+            slice_pooling="cls_max",
         )
     with pytest.raises(ValueError, match="configuration differs"):
         train(preset="demo", data=dataset, out=tmp_path / "d", schedule=SCHEDULE, encoder_from=first)
@@ -200,6 +220,7 @@ def test_train_cli_refuses_a_folder_without_an_index(
         [
             *("--data", str(missing), "--out", str(tmp_path / "out"), "--position-jitter", "5"),
             *("--matrix", "32", "--slice-passes", "1", "--slice-place-weight", "2"),
+            *("--slice-token-weight", "1", "--slice-pooling", "cls_max"),
         ]
     )
     assert code == 1
