@@ -73,7 +73,7 @@ from models.training.stages import (
     stage3a_findings,
 )
 
-MODEL_VERSION = "2"
+MODEL_VERSION = "3"
 FINDINGS_FILE = "findings.json"
 TRAINING_FILE = "training.json"
 

@@ -143,6 +143,9 @@ def msvlm_preset(name: str, *, vocab_size: int | None = None) -> MsVlmConfig:
             resampler_heads=4,
             max_text_tokens=256,
             vision_stem="conv",
+            # the patch tokens' maximum with stage 0b's token loss: held-out nodule AUC 0.80 -> 0.94
+            # (README "Which patch token shows it")
+            slice_pooling="cls_max",
             findings_tokens=True,
         )
     if name == "full":

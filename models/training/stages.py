@@ -161,7 +161,9 @@ def _msvlm_schedule(preset: str) -> Schedule:
             # two passes, not one: per study, the slice head's maximum over a held-out study's
             # slices rose from AUC 0.67 to 0.86 (nodule) and 0.62 to 0.85 (lymph nodes) with them
             slice_findings=StageSettings(epochs=2, lr=1e-3, batch_size=32),
-            # slice_place_weight stays 0: one seed's trial (README "Sites") was mixed
+            # slice_place_weight stays 0: its trials, alone and beside the token loss, were mixed
+            # (README "Sites", "Which patch token shows it")
+            slice_token_weight=1.0,
             findings=StageSettings(epochs=25, lr=1e-3, batch_size=16, weight_decay=0.05),
             attention_supervision=1.0,
         )
