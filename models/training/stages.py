@@ -343,7 +343,7 @@ def slice_token_loss(token_logits: torch.Tensor, truth: torch.Tensor, places: to
       * it does not show the finding: its best token is pushed to 0.
     Why: a slice label alone lets the encoder learn a finding where the training studies
     happen to put it; this says which token shows it, on every slice, so the same detector
-    must fire wherever it lies and nowhere else (README "Where in the slice").
+    must fire wherever it lies and nowhere else (README "Which patch token shows it").
     """
     grid = math.isqrt(token_logits.shape[1])
     if grid * grid != token_logits.shape[1]:
