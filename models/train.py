@@ -425,6 +425,12 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"MSVLM_TRAIN_{name}", default)
 
 
+def _env_number(name: str, kind: Callable[[str], float]) -> float | None:
+    """An optional numeric option's environment mirror: None when unset, 0 when set empty."""
+    value = _env(name)
+    return None if value is None else kind(value or "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=PRESET_NAMES, default=_env("PRESET", "demo"))
@@ -453,19 +459,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--phantom-seed",
         type=int,
-        default=None if _env("PHANTOM_SEED") is None else int(_env("PHANTOM_SEED") or 0),
+        default=_env_number("PHANTOM_SEED", int),
         help="seed of the phantom studies (default: --seed)",
     )
     parser.add_argument(
         "--align-epochs",
         type=int,
-        default=None if _env("ALIGN_EPOCHS") is None else int(_env("ALIGN_EPOCHS") or 0),
+        default=_env_number("ALIGN_EPOCHS", int),
         help="override the preset's stage 2 epochs",
     )
     parser.add_argument(
         "--tune-epochs",
         type=int,
-        default=None if _env("TUNE_EPOCHS") is None else int(_env("TUNE_EPOCHS") or 0),
+        default=_env_number("TUNE_EPOCHS", int),
         help="override the preset's stage 3 epochs",
     )
     add_phantom_arguments(parser, _env)
@@ -479,21 +485,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--slice-passes",
         type=int,
-        default=None if _env("SLICE_PASSES") is None else int(_env("SLICE_PASSES") or 0),
+        default=_env_number("SLICE_PASSES", int),
         metavar="N",
         help="stage 0b passes (default: the preset's; with --encoder-from none, N continues it)",
     )
     parser.add_argument(
         "--slice-place-weight",
         type=float,
-        default=None if _env("SLICE_PLACE_WEIGHT") is None else float(_env("SLICE_PLACE_WEIGHT") or 0),
+        default=_env_number("SLICE_PLACE_WEIGHT", float),
         metavar="W",
         help="stage 0b: weight of the loss on where in the slice a located finding lies",
     )
     parser.add_argument(
         "--slice-token-weight",
         type=float,
-        default=None if _env("SLICE_TOKEN_WEIGHT") is None else float(_env("SLICE_TOKEN_WEIGHT") or 0),
+        default=_env_number("SLICE_TOKEN_WEIGHT", float),
         metavar="W",
         help="stage 0b: weight of the loss on which patch token shows a located finding",
     )
