@@ -74,6 +74,11 @@ from models.training.stages import (
 )
 
 MODEL_VERSION = "3"
+#: findings whose side is read from the token that shows them (`MsVlmConfig.token_side_findings`)
+#: whenever the token head is trained: the lungs lie either side of the body's midline. Not the
+#: liver lesion (the liver's left lobe reaches across the midline) nor a rectal wall (its side is
+#: the rectum's, which lies on the midline)
+TOKEN_SIDE_FINDINGS = ("lung_nodule",)
 FINDINGS_FILE = "findings.json"
 TRAINING_FILE = "training.json"
 
@@ -205,13 +210,29 @@ def train_msvlm(
     return logs
 
 
+def _token_head_trained(schedule: Schedule, encoder_from: Path | None) -> bool:
+    """Whether the model will have a trained token head: stage 0b trains one with its token
+    loss, or the slice encoder comes from a model that has one (`load_slice_encoder`)."""
+    if schedule.slice_findings is not None and schedule.slice_token_weight > 0:
+        return True
+    if encoder_from is None:
+        return False
+    return bool(json.loads((encoder_from / "config.json").read_text()).get("token_side_findings"))
+
+
 def load_slice_encoder(model: MsVlmForReportGeneration, folder: Path) -> None:
-    """Copy the slice encoder of the MS-VLM saved in `folder` into `model` (same ViT config)."""
-    weights = MsVlmForReportGeneration.from_pretrained(str(folder)).vision_model.state_dict()
+    """Copy the slice encoder of the MS-VLM saved in `folder` into `model` (same ViT config),
+    and its token head where both have one."""
+    source = MsVlmForReportGeneration.from_pretrained(str(folder))
+    weights = source.vision_model.state_dict()
     wanted = model.vision_model.state_dict()
     if {k: v.shape for k, v in weights.items()} != {k: v.shape for k, v in wanted.items()}:
         raise ValueError(f"{folder}: its slice encoder's configuration differs from the preset's")
     model.vision_model.load_state_dict(weights)
+    if source.token_head is not None and model.token_head is not None:
+        if source.token_head.out_features != model.token_head.out_features:
+            raise ValueError(f"{folder}: its token head scores other findings than the preset's")
+        model.token_head.load_state_dict(source.token_head.state_dict())
 
 
 def _model_identity(folder: Path) -> dict[str, str]:
@@ -362,7 +383,11 @@ def train(
         for log in logs:
             print(log.line(), flush=True)
     else:
-        model = MsVlmForReportGeneration(config)  # type: ignore[arg-type]
+        assert isinstance(config, MsVlmConfig)
+        if _token_head_trained(schedule, encoder_from):
+            config.token_side_findings = list(TOKEN_SIDE_FINDINGS)
+            config.check()
+        model = MsVlmForReportGeneration(config)
         if encoder_from is not None:
             source = _model_identity(encoder_from)  # before `out` might overwrite it
             load_slice_encoder(model, encoder_from)

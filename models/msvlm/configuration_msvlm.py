@@ -56,6 +56,17 @@ DEFAULT_PROMPT_TEMPLATE = "{modality} study . views : {views} . findings :"
 _PROMPT_FIELDS = frozenset({"modality", "views"})
 
 
+#: a site's side, by the first word of its name (`site_side`)
+SIDES: tuple[str, ...] = ("right", "left")
+
+
+def site_side(site: str) -> int | None:
+    """0 for a site on the patient's right ("right upper lobe"), 1 on the left, None otherwise
+    ("bilateral", "mediastinal")."""
+    words = site.strip().casefold().split()
+    return SIDES.index(words[0]) if words and words[0] in SIDES else None
+
+
 class MsVlmConfigError(ValueError):
     """A model configuration that cannot work; the message names the offending key."""
 
@@ -298,6 +309,24 @@ class MsVlmConfig(ReportModelConfig):
     #: where the CLS must learn to attend to every place it may be
     #: (`MsVlmForReportGeneration.slice_embedding`)
     slice_pooling: SlicePooling = "cls"
+    #: findings whose site's side ("right ..." or "left ...") is read from the patch token that
+    #: shows them, not from the site head: a linear head on the slice encoder's patch tokens
+    #: (`token_head`, trained by stage 0b's token loss) finds the slice and token that score the
+    #: finding highest, and the side of the body's midline that token lies on, in patient
+    #: coordinates from each view's ImageOrientationPatient, restricts the site head's choice.
+    #: Why: the site head learnt where the training images put a finding, and put 6 of 22
+    #: held-out nodules on the wrong side (README "Which side"). None or empty: no token head
+    token_side_findings: list[str] | None = None
+
+    def _check_token_sides(self) -> None:
+        for key in self.token_side_findings or []:
+            sites = self.sites_of(key)
+            _require(bool(sites), f"token_side_findings names {key!r}, which has no finding_sites")
+            sideless = [s for s in sites if site_side(s) is None]
+            _require(
+                not sideless,
+                f"token_side_findings names {key!r}, whose sites {sideless} do not start with right or left",
+            )
 
     @property
     def vision(self) -> ViTConfig:
@@ -342,6 +371,7 @@ class MsVlmConfig(ReportModelConfig):
             self.slice_pooling in SLICE_POOLINGS,
             f"slice_pooling must be one of {SLICE_POOLINGS}, got {self.slice_pooling!r}",
         )
+        self._check_token_sides()
         patch = vision.patch_size
         _require(
             self.vision_stem != "conv" or supports_patch_size(patch),

@@ -19,6 +19,8 @@ import torch
 from transformers import ViTModel
 from transformers import initialization as init
 
+from . import laterality
+from .bridge import NO_SITE_LOGIT
 from .configuration_msvlm import MsVlmConfig
 from .conv_stem import ConvStem
 from .report_model import MsVlmOutput, ReportModelBase, VisualEncoding
@@ -50,6 +52,14 @@ class MsVlmForReportGeneration(ReportModelBase):
             num_view_ids=len(config.view_vocabulary) + 1,
         )
         self._build_report_modules(config)
+        assert config.finding_labels is not None
+        #: scores each patch token for each finding (stage 0b's token loss trains it); only kept
+        #: to read a finding's side (`sided_sites`)
+        self.token_head = (
+            torch.nn.Linear(config.vision.hidden_size, len(config.finding_labels))
+            if config.token_side_findings
+            else None
+        )
         self.post_init()
 
     def _init_weights(self, module: torch.nn.Module) -> None:
@@ -81,7 +91,14 @@ class MsVlmForReportGeneration(ReportModelBase):
         return torch.cat([self._slice_embeddings(chunk) for chunk in chunks], dim=0)
 
     def encode_views(self, pixel_values: torch.Tensor, slice_mask: torch.Tensor) -> torch.Tensor:
-        """(B, V, Z, 3, S, S) padded pixels -> (B, V, Z, D_vision); padding slices are not encoded.
+        """(B, V, Z, 3, S, S) padded pixels -> (B, V, Z, D_vision); padding slices are not encoded."""
+        return self._encode_views(pixel_values, slice_mask)[0]
+
+    def _encode_views(
+        self, pixel_values: torch.Tensor, slice_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Slice embeddings and, with a token head, each slice's best token per finding: its
+        logit (-inf on padding) and offset from the body's centre (`laterality.token_offsets`).
 
         Valid slices are gathered one chunk at a time, so no second copy of the study's
         pixels is made on the device.
@@ -91,10 +108,25 @@ class MsVlmForReportGeneration(ReportModelBase):
         valid = mask.flatten().nonzero().squeeze(1)
         width = self.config.vision.hidden_size
         out = flat_pixels.new_zeros((flat_pixels.shape[0], width), dtype=self.vision_model.dtype)
+        scores = offsets = None
+        if self.token_head is not None:
+            labels = self.token_head.out_features
+            scores = flat_pixels.new_full((flat_pixels.shape[0], labels), -torch.inf, dtype=torch.float32)
+            offsets = flat_pixels.new_zeros((flat_pixels.shape[0], labels, 2), dtype=torch.float32)
         for index in valid.split(self.config.slice_chunk_size):
-            features = self._slice_embeddings(flat_pixels[index])
-            out.index_copy_(0, index, features.to(out.dtype))
-        return out.view(*mask.shape, width)
+            slices = flat_pixels[index]
+            states = self.vision_model(pixel_values=slices).last_hidden_state
+            out.index_copy_(0, index, self.slice_embedding(states).to(out.dtype))
+            if self.token_head is not None and scores is not None and offsets is not None:
+                best, offset = laterality.token_offsets(self.token_head(states[:, 1:]), slices)
+                scores.index_copy_(0, index, best)
+                offsets.index_copy_(0, index, offset)
+        grid = mask.shape
+        return (
+            out.view(*grid, width),
+            None if scores is None else scores.view(*grid, -1),
+            None if offsets is None else offsets.view(*grid, -1, 2),
+        )
 
     # --- Z-former --------------------------------------------------------------------------
 
@@ -109,12 +141,33 @@ class MsVlmForReportGeneration(ReportModelBase):
         """Pixels or precomputed (B, V, Z, D_vision) slice features -> Z-former tokens."""
         if (pixel_values is None) == (slice_features is None):
             raise ValueError("pass exactly one of pixel_values and slice_features")
+        scores = offsets = None
         if slice_features is None:
             assert pixel_values is not None
-            slice_features = self.encode_views(pixel_values, slice_mask)
+            slice_features, scores, offsets = self._encode_views(pixel_values, slice_mask)
         packed = pack_views(slice_features, slice_mask, view_ids)
         output = self.zformer(packed.features, packed.view_ids, packed.positions, packed.mask)
-        return VisualEncoding(tokens=output.last_hidden_state, mask=packed.mask)
+        return VisualEncoding(
+            tokens=output.last_hidden_state, mask=packed.mask, token_scores=scores, token_offsets=offsets
+        )
+
+    def sided_sites(
+        self, encoding: VisualEncoding, site_logits: torch.Tensor, orientations: torch.Tensor
+    ) -> torch.Tensor:
+        """For `config.token_side_findings`, only the sites on the side of the body where the
+        token head finds the finding keep their logits (`laterality`); the rest are as given."""
+        if encoding.token_scores is None or encoding.token_offsets is None:
+            return site_logits
+        labels = list(self.config.finding_labels or [])
+        read = {labels.index(key) for key in self.config.token_side_findings or []}
+        selected = torch.tensor([j in read for j in range(len(labels))], device=site_logits.device)
+        finding_sides = laterality.sides(
+            encoding.token_scores, encoding.token_offsets, orientations.to(site_logits.device), selected
+        )
+        sides_of_sites = laterality.site_sides(
+            [self.config.sites_of(label) for label in labels], read, site_logits.shape[-1]
+        )
+        return laterality.constrain_sites(site_logits, finding_sides, sides_of_sites, NO_SITE_LOGIT)
 
     def forward(
         self,

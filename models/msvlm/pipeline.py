@@ -151,6 +151,7 @@ class ReportGenerator:
                 max_new_tokens=max_new_tokens,
                 num_beams=num_beams,
                 static_cache=self.placement.static_cache,
+                orientations=batch.orientations,
             )
         assert output.sequences is not None and output.findings_logits is not None
         texts = self.processor.decode(output.sequences.cpu())

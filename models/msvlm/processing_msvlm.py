@@ -10,6 +10,7 @@ so a model folder carries everything needed to run it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,11 +34,14 @@ class ViewInput:
 
     pixels: (n, h, w) float32, Hounsfield units for CT, ~0..1 normalised for MR.
     view_key: "MODALITY:plane:phase", e.g. "CT:axial:arterial"; unknown keys are allowed.
+    orientation: its ImageOrientationPatient (row, then column direction cosines), which says
+        where the patient's left is in the pixels; None where unknown (no side is read from it).
     """
 
     pixels: np.ndarray
     modality: Literal["CT", "MR"]
     view_key: str
+    orientation: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -48,6 +52,10 @@ class ViewInput:
             raise ValueError(f"pixels must be floating point, got {self.pixels.dtype}")
         if not self.view_key.strip():
             raise ValueError("view_key must not be empty")
+        if self.orientation is not None and (
+            len(self.orientation) != 6 or not all(math.isfinite(float(c)) for c in self.orientation)
+        ):
+            raise ValueError(f"orientation must be 6 finite direction cosines, got {self.orientation!r}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,8 @@ class MsVlmBatch:
     pixel_values (B, V, Z, 3, S, S) float32; slice_mask (B, V, Z) bool; view_ids (B, V) long
     (0 = other or padding); input_ids / attention_mask (B, T), left-padded for generation and
     right-padded for training; labels (B, T) with -100 outside the report; findings_labels
-    (B, F) with 1/0 and -1 for "not annotated".
+    (B, F) with 1/0 and -1 for "not annotated"; orientations (B, V, 6) each view's
+    ImageOrientationPatient, zeros where unknown or padding.
     """
 
     pixel_values: torch.Tensor
@@ -110,6 +119,7 @@ class MsVlmBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor | None = None
     findings_labels: torch.Tensor | None = None
+    orientations: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> MsVlmBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -123,6 +133,7 @@ class MsVlmBatch:
             attention_mask=self.attention_mask.to(device, non_blocking=True),
             labels=move(self.labels),
             findings_labels=move(self.findings_labels),
+            orientations=move(self.orientations),
         )
 
 
@@ -280,11 +291,14 @@ class MsVlmProcessor:
         pixel_values = torch.zeros((len(studies), num_views, depth, 3, size, size))
         slice_mask = torch.zeros((len(studies), num_views, depth), dtype=torch.bool)
         view_ids = torch.zeros((len(studies), num_views), dtype=torch.long)
+        orientations = torch.zeros((len(studies), num_views, 6))
         for b, (study, processed) in enumerate(zip(studies, views, strict=True)):
             for v, (view, pixels) in enumerate(zip(study, processed, strict=True)):
                 pixel_values[b, v, : pixels.shape[0]] = pixels
                 slice_mask[b, v, : pixels.shape[0]] = True
                 view_ids[b, v] = self.view_id(view.view_key)
+                if view.orientation is not None:
+                    orientations[b, v] = torch.tensor([float(c) for c in view.orientation])
 
         ids_rows, label_rows = self._text_rows(studies, reports)
         width = max(len(row) for row in ids_rows)
@@ -305,6 +319,7 @@ class MsVlmProcessor:
             attention_mask=attention_mask,
             labels=labels if reports is not None else None,
             findings_labels=self._findings_tensor(findings) if findings is not None else None,
+            orientations=orientations,
         )
 
     def decode(self, sequences: torch.Tensor) -> list[str]:

@@ -41,6 +41,11 @@ class VisualEncoding:
 
     tokens: torch.Tensor
     mask: torch.Tensor
+    #: with a token head, from pixels only: per view, slice and finding the best patch token's
+    #: logit (B, V, Z, F) and its offset from the body's centre (B, V, Z, F, 2), as
+    #: `laterality.token_offsets` gives them
+    token_scores: torch.Tensor | None = None
+    token_offsets: torch.Tensor | None = None
 
 
 @dataclass
@@ -182,6 +187,13 @@ class ReportModelBase(PreTrainedModel):
         finding_tokens = self.findings_prompt(calls, sites).to(visual_tokens.dtype)
         return torch.cat([visual_tokens, finding_tokens], dim=1)
 
+    def sided_sites(
+        self, encoding: VisualEncoding, site_logits: torch.Tensor, orientations: torch.Tensor
+    ) -> torch.Tensor:
+        """The site logits with the sides the images show enforced; a model that reads no side
+        from its images (this base) returns them as they are."""
+        return site_logits
+
     def findings_present(self, findings_logits: torch.Tensor) -> torch.Tensor:
         """(B, F) logits -> (B, F) booleans: probability at or above `config.findings_threshold`."""
         return torch.sigmoid(findings_logits.detach().float()) >= self.config.findings_threshold
@@ -302,11 +314,19 @@ class ReportModelBase(PreTrainedModel):
         max_new_tokens: int = 256,
         num_beams: int = 1,
         static_cache: bool = False,
+        orientations: torch.Tensor | None = None,
     ) -> MsVlmGenerationOutput:
-        """Generate report tokens after left-padded prompts; also returns the findings logits."""
+        """Generate report tokens after left-padded prompts; also returns the findings logits.
+
+        With `orientations` (B, V, 6), each view's ImageOrientationPatient (zeros where unknown),
+        the site logits are those `sided_sites` leaves, so the narrative, the returned logits and
+        the SR built from them name the side the images show.
+        """
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("generation prompts must be left-padded (last position real in every row)")
         findings_logits, site_logits = self.heads(encoding)
+        if site_logits is not None and orientations is not None:
+            site_logits = self.sided_sites(encoding, site_logits, orientations)
         visual_tokens = self.prefix_tokens(encoding, findings_logits, site_logits=site_logits)
         embeds, mask, _, _ = self._assemble(visual_tokens, input_ids, attention_mask, None)
         sequences = self.language_model.generate(
@@ -332,6 +352,7 @@ class ReportModelBase(PreTrainedModel):
         max_new_tokens: int = 256,
         num_beams: int = 1,
         static_cache: bool = False,
+        orientations: torch.Tensor | None = None,
     ) -> MsVlmGenerationOutput:
         """Encode the studies once, then decode the reports and read the findings head."""
         encoding = self.encode_study(pixel_values=pixel_values, slice_mask=slice_mask, view_ids=view_ids)
@@ -342,4 +363,5 @@ class ReportModelBase(PreTrainedModel):
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             static_cache=static_cache,
+            orientations=orientations,
         )

@@ -256,7 +256,12 @@ def load_study(folder: Path) -> list[tuple[ViewInput, ViewGeometry]]:
             volume = load_view(view, settings=settings)
             views.append(
                 (
-                    ViewInput(pixels=volume.pixels, modality=view.modality, view_key=view.key),  # type: ignore[arg-type]
+                    ViewInput(
+                        pixels=volume.pixels,
+                        modality=view.modality,  # type: ignore[arg-type]
+                        view_key=view.key,
+                        orientation=volume.orientation,
+                    ),
                     ViewGeometry(
                         positions=tuple(volume.positions),
                         normal=volume.normal,

@@ -412,7 +412,7 @@ def slice_findings(
     finding lies (`StudyRecord.finding_places`, `slice_place_loss`), so that the slice
     embedding carries the place a site is read from, not only the presence.
     With `token_weight`, a head on the patch tokens learns which token shows each located
-    finding (`slice_token_loss`).
+    finding (`slice_token_loss`); it is the model's `token_head` when the model keeps one.
     """
     name = "stage0b slice findings"
     names = processor.settings.finding_labels
@@ -426,15 +426,21 @@ def slice_findings(
     hidden = model.config.vision.hidden_size
     head = nn.Linear(hidden, len(names)).to(device)
     place_head = nn.Linear(hidden, 2 * len(names)).to(device)
-    token_head = nn.Linear(hidden, len(names)).to(device)
+    # the model's own token head when it keeps one (to read sides: `laterality`), else a
+    # throw-away one that only shapes the encoder
+    token_head = model.token_head
+    if token_head is None:
+        token_head = nn.Linear(hidden, len(names)).to(device)
     located = all(len(s.finding_places) == len(s.pixels) for s in studies)
     use_places = place_weight > 0 and located
     use_tokens = token_weight > 0 and located
+    # the model's own head must be unfrozen with the encoder (`_only_train` freezes the rest)
+    own_head = use_tokens and token_head is model.token_head
     params = [
-        *_only_train(model, vit),
+        *_only_train(model, vit, *([token_head] if own_head else [])),
         *head.parameters(),
         *(place_head.parameters() if use_places else ()),
-        *(token_head.parameters() if use_tokens else ()),
+        *(token_head.parameters() if use_tokens and not own_head else ()),
     ]
     generator = torch.Generator().manual_seed(seed + 5)
     turn = 0

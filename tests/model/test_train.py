@@ -96,6 +96,11 @@ def test_encoder_from_trains_stages_1_to_3_on_a_saved_slice_encoder(dataset: Pat
     a = MsVlmForReportGeneration.from_pretrained(first).vision_model.state_dict()
     b = MsVlmForReportGeneration.from_pretrained(second).vision_model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the token head that reads a nodule's side (trained by the first run's stage 0b) comes along
+    head_a = MsVlmForReportGeneration.from_pretrained(first).token_head
+    head_b = MsVlmForReportGeneration.from_pretrained(second).token_head
+    assert head_a is not None and head_b is not None and torch.equal(head_a.weight, head_b.weight)
+    assert json.loads((second / "config.json").read_text())["token_side_findings"] == ["lung_nodule"]
     # --slice-passes continues stage 0b on the loaded encoder (with the place and token losses,
     # here with the patch tokens' maximum pooled in); DINO stays skipped
     third = tmp_path / "third"
@@ -114,6 +119,12 @@ def test_encoder_from_trains_stages_1_to_3_on_a_saved_slice_encoder(dataset: Pat
     assert json.loads((third / "config.json").read_text())["slice_pooling"] == "cls_max"
     c = MsVlmForReportGeneration.from_pretrained(third).vision_model.state_dict()
     assert any(not torch.equal(a[k], c[k]) for k in a)
+    # nothing trains a token head without the token loss: the model keeps none
+    untrained = tmp_path / "untrained"
+    train(
+        preset="tiny", data=dataset, out=untrained, seed=1, schedule=replace(frozen, slice_token_weight=0.0)
+    )
+    assert MsVlmForReportGeneration.from_pretrained(untrained).token_head is None
     with pytest.raises(ValueError, match="0 or more"):
         train(preset="tiny", data=dataset, out=tmp_path / "n", schedule=SCHEDULE, slice_passes=-1)
     with pytest.raises(ValueError, match="baseline has none"):

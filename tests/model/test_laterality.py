@@ -1,0 +1,258 @@
+"""Reading a finding's side from the patch token that shows it (`laterality`,
+`MsVlmConfig.token_side_findings`): where the body's midline is, which side a token lies on in
+patient coordinates, and how that side restricts the site head's choice in generation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from models.msvlm import MsVlmConfig, MsVlmForReportGeneration, MsVlmProcessor, ViewInput
+from models.msvlm.bridge import NO_SITE_LOGIT
+from models.msvlm.configuration_msvlm import MsVlmConfigError, site_side
+from models.msvlm.laterality import (
+    UNKNOWN_SIDE,
+    body_centre,
+    constrain_sites,
+    sides,
+    site_sides,
+    token_offsets,
+)
+
+pytestmark = pytest.mark.model
+
+StudyFactory = Callable[..., list[ViewInput]]
+LOBES = ["right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe"]
+SITES = {"lung_nodule": LOBES, "pleural_effusion": ["right", "left", "bilateral"]}
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # column index rising = towards the patient's left
+MIRRORED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # the same pixels, the patient's left to the image's left
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # no in-plane direction crosses the body
+
+
+def _slices(body: tuple[slice, slice], size: int = 16) -> torch.Tensor:
+    """One (1, 3, size, size) slice: air (-1) with a body block (+0.5) at rows, columns `body`."""
+    image = torch.full((1, 3, size, size), -1.0)
+    image[0, :, body[0], body[1]] = 0.5
+    return image
+
+
+def test_body_centre_is_the_centre_of_the_bright_block() -> None:
+    slices = _slices((slice(4, 12), slice(2, 8)))
+    slices[0, :, 4:12, 8:16] = -0.8  # lung-dark, a tenth of the way from air to the body: not body
+    centre = body_centre(slices)
+    # columns 2..7 -> centres 2.5..7.5 of 16 -> mean 5/16; rows 4..11 -> mean 8/16
+    assert torch.allclose(centre, torch.tensor([[5 / 16, 8 / 16]]))
+    # a slice with nothing brighter than the rest: its centre
+    assert torch.allclose(body_centre(torch.zeros(1, 3, 16, 16)), torch.tensor([[0.5, 0.5]]))
+
+
+def test_token_offsets_are_the_best_tokens_place_against_the_body() -> None:
+    slices = _slices((slice(0, 16), slice(4, 12)))  # body centred: across 0.5, down 0.5
+    logits = torch.zeros(1, 16, 2)  # a 4x4 grid, two findings
+    logits[0, 7, 0] = 3.0  # row 1, column 3: (across 0.875, down 0.375)
+    logits[0, 8, 1] = 2.0  # row 2, column 0: (0.125, 0.625)
+    scores, offsets = token_offsets(logits, slices)
+    assert scores.tolist() == [[3.0, 2.0]]
+    assert torch.allclose(offsets, torch.tensor([[[0.375, -0.125], [-0.375, 0.125]]]))
+    with pytest.raises(ValueError, match="square grid"):
+        token_offsets(torch.zeros(1, 15, 2), slices)
+
+
+def _read(orientations: list[tuple[float, ...]], scores: list[float], across: list[float]) -> int:
+    """The side read for one finding from views whose best token lies `across` the midline."""
+    views = len(orientations)
+    score = torch.tensor(scores).view(1, views, 1, 1)
+    offsets = torch.zeros(1, views, 1, 1, 2)
+    offsets[0, :, 0, 0, 0] = torch.tensor(across)
+    side = sides(score, offsets, torch.tensor([orientations]), torch.tensor([True]))
+    return int(side[0, 0])
+
+
+def test_side_is_read_in_patient_coordinates() -> None:
+    # right of the image's midline: the patient's left in a standard axial view...
+    assert _read([AXIAL], [1.0], [0.2]) == 1
+    assert _read([AXIAL], [1.0], [-0.2]) == 0
+    # ...and the patient's right when the acquisition mirrors the pixels
+    assert _read([MIRRORED], [1.0], [0.2]) == 0
+    # a sagittal view cannot tell; a token on the midline neither
+    assert _read([SAGITTAL], [1.0], [0.2]) == UNKNOWN_SIDE
+    assert _read([AXIAL], [1.0], [0.0]) == UNKNOWN_SIDE
+    # the best-scoring view that can tell decides, whatever the sagittal one scores
+    assert _read([AXIAL, MIRRORED, SAGITTAL], [1.0, 2.0, 9.0], [0.2, 0.2, -0.3]) == 0
+    assert _read([AXIAL, MIRRORED], [3.0, 2.0], [0.2, 0.2]) == 1
+    # padding slices (-inf) and views of unknown orientation (zeros) are never read
+    assert _read([AXIAL], [-math.inf], [0.2]) == UNKNOWN_SIDE
+    assert _read([(0.0,) * 6], [1.0], [0.2]) == UNKNOWN_SIDE
+
+
+def test_side_is_read_down_a_coronal_view_turned_on_its_side() -> None:
+    # rows run head to foot, columns towards the patient's left: the down offset decides
+    turned = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0)
+    scores = torch.ones(1, 1, 1, 1)
+    offsets = torch.tensor([0.3, -0.2]).view(1, 1, 1, 1, 2)
+    assert int(sides(scores, offsets, torch.tensor([[turned]]), torch.tensor([True]))[0, 0]) == 0
+
+
+def test_only_selected_findings_get_a_side() -> None:
+    scores = torch.ones(1, 1, 1, 2)
+    offsets = torch.full((1, 1, 1, 2, 2), 0.2)
+    read = sides(scores, offsets, torch.tensor([[AXIAL]]), torch.tensor([True, False]))
+    assert read.tolist() == [[1, UNKNOWN_SIDE]]
+
+
+def test_site_side_reads_the_first_word() -> None:
+    assert [site_side(s) for s in LOBES] == [0, 0, 0, 1, 1]
+    assert [site_side(s) for s in ["Right", "left", "bilateral", "mediastinal", "rightward x"]] == [
+        0,
+        1,
+        None,
+        None,
+        None,
+    ]
+
+
+def test_constrain_sites_keeps_the_read_side_only() -> None:
+    names = [LOBES, ["right", "left", "bilateral"]]
+    by_site = site_sides(names, {0}, 5)
+    assert by_site.tolist() == [[0, 0, 0, 1, 1], [-1] * 5]
+    logits = torch.arange(10, dtype=torch.float32).view(1, 2, 5)
+    fill = NO_SITE_LOGIT
+    right = constrain_sites(logits, torch.tensor([[0, UNKNOWN_SIDE]]), by_site, fill)
+    assert right[0, 0].tolist() == [0.0, 1.0, 2.0, fill, fill]
+    assert torch.equal(right[0, 1], logits[0, 1])
+    left = constrain_sites(logits, torch.tensor([[1, 1]]), by_site, fill)
+    assert left[0, 0].tolist() == [fill, fill, fill, 3.0, 4.0]
+    assert torch.equal(left[0, 1], logits[0, 1])  # not read by its token: as given
+    # a finding whose sites all lie on the other side keeps them
+    one_sided = site_sides([["right upper lobe", "right lower lobe"]], {0}, 2)
+    kept = constrain_sites(torch.ones(1, 1, 2), torch.tensor([[1]]), one_sided, fill)
+    assert torch.equal(kept, torch.ones(1, 1, 2))
+
+
+def _config(tiny_config: MsVlmConfig, **changes: object) -> MsVlmConfig:
+    values = {
+        **tiny_config.to_dict(),
+        "findings_pooling": "per_finding",
+        "findings_tokens": True,
+        "finding_sites": SITES,
+        "token_side_findings": ["lung_nodule"],
+        **changes,
+    }
+    return MsVlmConfig.from_dict(values)
+
+
+def test_config_refuses_findings_without_sided_sites(tiny_config: MsVlmConfig) -> None:
+    with pytest.raises(MsVlmConfigError, match="bilateral"):
+        _config(tiny_config, token_side_findings=["pleural_effusion"])
+    with pytest.raises(MsVlmConfigError, match="no finding_sites"):
+        _config(tiny_config, token_side_findings=["cardiomegaly"])
+    assert MsVlmForReportGeneration(_config(tiny_config, token_side_findings=None)).token_head is None
+
+
+def test_token_head_round_trips(tiny_config: MsVlmConfig, tmp_path) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = MsVlmForReportGeneration(_config(tiny_config)).eval()
+    assert model.token_head is not None
+    model.save_pretrained(tmp_path)
+    loaded = MsVlmForReportGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.token_head is not None
+    assert torch.equal(loaded.token_head.weight, model.token_head.weight)
+    assert loaded.config.token_side_findings == ["lung_nodule"]
+
+
+def _nodule_sites(
+    model: MsVlmForReportGeneration, processor: MsVlmProcessor, views: list[ViewInput]
+) -> torch.Tensor:
+    batch = processor([views])
+    output = model.generate(
+        pixel_values=batch.pixel_values,
+        slice_mask=batch.slice_mask,
+        view_ids=batch.view_ids,
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=3,
+        orientations=batch.orientations,
+    )
+    assert output.site_logits is not None
+    return output.site_logits[0, 0]
+
+
+def test_generation_keeps_the_sites_on_the_side_the_orientation_gives(
+    tiny_config: MsVlmConfig, processor: MsVlmProcessor
+) -> None:
+    torch.manual_seed(0)
+    model = MsVlmForReportGeneration(_config(tiny_config)).eval()
+    rng = np.random.default_rng(3)
+    pixels = rng.normal(-300.0, 400.0, (4, 32, 32)).astype(np.float32)
+    pixels[:, :, :4] = -1000.0  # air at the image's left edge: the body's centre is off the middle
+
+    def study(orientation: tuple[float, ...] | None) -> list[ViewInput]:
+        return [ViewInput(pixels=pixels, modality="CT", view_key="CT:axial:venous", orientation=orientation)]
+
+    masked = [_nodule_sites(model, processor, study(o)) == NO_SITE_LOGIT for o in (AXIAL, MIRRORED, None)]
+    # the same token on the same pixels: one side's lobes are ruled out, and the other side's
+    # when the orientation mirrors the image; without an orientation, none
+    assert masked[0].tolist() in ([False] * 3 + [True] * 2, [True] * 3 + [False] * 2)
+    assert torch.equal(masked[1], ~masked[0])
+    assert not bool(masked[2].any())
+
+
+def test_processor_carries_each_views_orientation(
+    processor: MsVlmProcessor, make_study: StudyFactory
+) -> None:
+    first, second = make_study([("CT", "CT:axial:venous", 3), ("CT", "CT:sagittal:venous", 2)])
+    oriented = ViewInput(pixels=first.pixels, modality="CT", view_key=first.view_key, orientation=MIRRORED)
+    batch = processor([[oriented, second], [oriented]])
+    assert batch.orientations is not None
+    assert batch.orientations[0].tolist() == [list(MIRRORED), [0.0] * 6]  # the second's is unknown
+    assert batch.orientations[1].tolist() == [list(MIRRORED), [0.0] * 6]  # padding view
+    with pytest.raises(ValueError, match="6 finite"):
+        ViewInput(pixels=first.pixels, modality="CT", view_key="k", orientation=(1.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="6 finite"):
+        ViewInput(pixels=first.pixels, modality="CT", view_key="k", orientation=(math.nan, 0, 0, 0, 1, 0))
+
+
+def test_stage_0b_trains_the_models_own_token_head(
+    tiny_config: MsVlmConfig, processor: MsVlmProcessor
+) -> None:
+    from models.training.stages import StageSettings, slice_findings
+    from tests.model.test_slice_findings import _study
+
+    torch.manual_seed(0)
+    model = MsVlmForReportGeneration(_config(tiny_config))
+    assert model.token_head is not None
+    labels = len(processor.settings.finding_labels)
+    studies = [
+        _study(f"s{i}", [[float(k % 2 == 0)] + [0.0] * (labels - 1) for k in range(4)], seed=i)
+        for i in range(3)
+    ]
+    settings = StageSettings(epochs=2, lr=3e-3, batch_size=4)
+    before = model.token_head.weight.detach().clone()
+    slice_findings(model, processor, studies, settings, seed=0, token_weight=0.0)
+    assert torch.equal(model.token_head.weight, before)  # no token loss: the head is left alone
+    slice_findings(model, processor, studies, settings, seed=0, token_weight=1.0)
+    assert not torch.equal(model.token_head.weight, before)
+
+
+def test_the_report_generator_passes_each_views_orientation(
+    tiny_config: MsVlmConfig, processor: MsVlmProcessor
+) -> None:
+    from models.msvlm import Placement, ReportGenerator
+
+    torch.manual_seed(0)
+    # every finding called present, so the nodule always gets a site
+    model = MsVlmForReportGeneration(_config(tiny_config, findings_threshold=1e-6))
+    generator = ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu"))
+    rng = np.random.default_rng(3)
+    pixels = rng.normal(-300.0, 400.0, (4, 32, 32)).astype(np.float32)
+    pixels[:, :, :4] = -1000.0
+
+    def side(orientation: tuple[float, ...]) -> int | None:
+        view = ViewInput(pixels=pixels, modality="CT", view_key="CT:axial:venous", orientation=orientation)
+        return site_side(generator.generate_report([view], max_new_tokens=2).sites["lung_nodule"][0])
+
+    assert {side(AXIAL), side(MIRRORED)} == {0, 1}
