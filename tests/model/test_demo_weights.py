@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.msvlm import MsVlmForReportGeneration, ReportGenerator
@@ -64,3 +66,37 @@ def test_demo_model_names_planted_findings(generator: ReportGenerator, tmp_path:
     for key, (site, probability) in report.sites.items():
         assert stated_site(report.text, key, config.sites_of(key)) == site, (report.text, report.sites)
         assert 0.0 < probability <= 1.0
+    assert report.sites["lung_nodule"][0] == "right upper lobe", report.sites
+
+
+def test_demo_model_reads_the_nodules_side_from_the_images(
+    generator: ReportGenerator, tmp_path: Path
+) -> None:
+    """The same study acquired mirrored (columns reversed, ImageOrientationPatient's row
+    direction negated): the nodule stays in the patient's right lung, the side its token
+    shows; without the orientation the site head alone puts it on the left."""
+    spec = PhantomSpec(
+        modality="CT",
+        planes=("axial", "coronal"),
+        phases=("non_contrast", "arterial"),
+        findings=(Finding("lung_nodule", {"size_mm": 12, "lobe": "right upper lobe"}),),
+        seed=2026,
+        matrix=64,
+        slices=24,
+    )
+    write_study(spec, tmp_path / "study")
+    mirrored = []
+    for view in load_study_views(tmp_path / "study"):
+        assert view.orientation is not None
+        row, column = view.orientation[:3], view.orientation[3:]
+        mirrored.append(
+            dataclasses.replace(
+                view,
+                pixels=np.ascontiguousarray(view.pixels[:, :, ::-1]),
+                orientation=(*(-c for c in row), *column),
+            )
+        )
+    read = generator.generate_report(mirrored, max_new_tokens=1).sites["lung_nodule"][0]
+    bare = [dataclasses.replace(view, orientation=None) for view in mirrored]
+    guessed = generator.generate_report(bare, max_new_tokens=1).sites["lung_nodule"][0]
+    assert read.startswith("right ") and guessed.startswith("left "), (read, guessed)
