@@ -202,7 +202,9 @@ host = "127.0.0.1"
             "findings: "
             + ", ".join(
                 f"{f['display']} {'PRESENT' if f['present'] else 'absent'} p={f['probability']:.2f}"
-                + (f" [site: {f['site']}, p={f['site_probability']:.2f}]" if "site" in f else "")
+                + (f" [site: {f['site']}, p={f['site_probability']:.2f}" if "site" in f else "")
+                + ("; side read from the images" if "side_from_images" in f else "")
+                + ("]" if "site" in f else "")
                 for f in detail["result"]["findings"]
             )
         )

@@ -294,6 +294,8 @@ def _process(
                     if f.key in output.sites
                     else {}
                 ),
+                # the side the images show (the token that shows it), which the site lies on
+                **({"side_from_images": output.image_sides[f.key]} if f.key in output.image_sides else {}),
             }
             for f in coded
         ]

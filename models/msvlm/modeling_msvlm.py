@@ -153,11 +153,11 @@ class MsVlmForReportGeneration(ReportModelBase):
 
     def sided_sites(
         self, encoding: VisualEncoding, site_logits: torch.Tensor, orientations: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """For `config.token_side_findings`, only the sites on the side of the body where the
         token head finds the finding keep their logits (`laterality`); the rest are as given."""
         if encoding.token_scores is None or encoding.token_offsets is None:
-            return site_logits
+            return site_logits, None
         labels = list(self.config.finding_labels or [])
         read = {labels.index(key) for key in self.config.token_side_findings or []}
         selected = torch.tensor([j in read for j in range(len(labels))], device=site_logits.device)
@@ -167,7 +167,8 @@ class MsVlmForReportGeneration(ReportModelBase):
         sides_of_sites = laterality.site_sides(
             [self.config.sites_of(label) for label in labels], read, site_logits.shape[-1]
         )
-        return laterality.constrain_sites(site_logits, finding_sides, sides_of_sites, NO_SITE_LOGIT)
+        constrained = laterality.constrain_sites(site_logits, finding_sides, sides_of_sites, NO_SITE_LOGIT)
+        return constrained, finding_sides
 
     def forward(
         self,

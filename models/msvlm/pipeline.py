@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
+from .configuration_msvlm import SIDES
 from .processing_msvlm import MsVlmProcessor, ViewInput
 from .report_model import ReportModelBase
 
@@ -52,12 +53,17 @@ class ReportOutput:
     `sites` gives, for each finding called present that has sites (`finding_sites`), the site
     head's call and its probability: the site the finding token told the narrative. Empty for
     a model without a site head.
+
+    `image_sides` gives, for each of those findings whose side was read from the images (the
+    token that shows it and the views' orientation, `laterality`), that side ("right" or
+    "left"); its site in `sites` lies on it.
     """
 
     text: str
     findings: dict[str, float]
     present: dict[str, bool]
     sites: dict[str, tuple[str, float]] = field(default_factory=dict)
+    image_sides: dict[str, str] = field(default_factory=dict)
 
 
 Precision = Literal["auto", "float32", "mixed", "bfloat16"]
@@ -163,6 +169,7 @@ class ReportGenerator:
             # the same call the finding token was made from, so the SR codes the narrative's site
             site_calls = self.model.site_head.calls(output.site_logits).cpu().tolist()
             site_probabilities = torch.softmax(output.site_logits.float(), dim=-1).cpu()
+        read_sides = None if output.finding_sides is None else output.finding_sides.cpu().tolist()
         outputs = []
         for b, (study, text, probs, called) in enumerate(
             zip(studies, texts, probabilities, calls, strict=True)
@@ -170,6 +177,7 @@ class ReportGenerator:
             applies = set(self.model.config.findings_for(view.modality for view in study))
             present = {k: c for k, c in zip(labels, called, strict=True) if k in applies}
             sites = {}
+            image_sides = {}
             if site_calls is not None and site_probabilities is not None:
                 for j, key in enumerate(labels):
                     call = site_calls[b][j]
@@ -178,12 +186,15 @@ class ReportGenerator:
                             self.model.config.sites_of(key)[call],
                             float(site_probabilities[b, j, call]),
                         )
+                        if read_sides is not None and read_sides[b][j] >= 0:
+                            image_sides[key] = SIDES[read_sides[b][j]]
             outputs.append(
                 ReportOutput(
                     text=text,
                     findings={k: p for k, p in zip(labels, probs, strict=True) if k in applies},
                     present=present,
                     sites=sites,
+                    image_sides=image_sides,
                 )
             )
         return outputs

@@ -74,11 +74,13 @@ class MsVlmOutput(ModelOutput):
 @dataclass
 class MsVlmGenerationOutput(ModelOutput):
     """sequences: generated token ids only (B, <= max_new_tokens); findings_logits (B, F);
-    site_logits (B, F, S) with a site head."""
+    site_logits (B, F, S) with a site head; finding_sides (B, F) the side each finding was read
+    on from the images (`laterality.sides`: 0 right, 1 left, -1 not read), where one was."""
 
     sequences: torch.Tensor | None = None
     findings_logits: torch.Tensor | None = None
     site_logits: torch.Tensor | None = None
+    finding_sides: torch.Tensor | None = None
 
 
 class ReportModelBase(PreTrainedModel):
@@ -189,10 +191,10 @@ class ReportModelBase(PreTrainedModel):
 
     def sided_sites(
         self, encoding: VisualEncoding, site_logits: torch.Tensor, orientations: torch.Tensor
-    ) -> torch.Tensor:
-        """The site logits with the sides the images show enforced; a model that reads no side
-        from its images (this base) returns them as they are."""
-        return site_logits
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The site logits with the sides the images show enforced, and those sides (B, F);
+        a model that reads no side from its images (this base) returns them as they are."""
+        return site_logits, None
 
     def findings_present(self, findings_logits: torch.Tensor) -> torch.Tensor:
         """(B, F) logits -> (B, F) booleans: probability at or above `config.findings_threshold`."""
@@ -325,8 +327,9 @@ class ReportModelBase(PreTrainedModel):
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("generation prompts must be left-padded (last position real in every row)")
         findings_logits, site_logits = self.heads(encoding)
+        finding_sides = None
         if site_logits is not None and orientations is not None:
-            site_logits = self.sided_sites(encoding, site_logits, orientations)
+            site_logits, finding_sides = self.sided_sites(encoding, site_logits, orientations)
         visual_tokens = self.prefix_tokens(encoding, findings_logits, site_logits=site_logits)
         embeds, mask, _, _ = self._assemble(visual_tokens, input_ids, attention_mask, None)
         sequences = self.language_model.generate(
@@ -337,7 +340,10 @@ class ReportModelBase(PreTrainedModel):
             ),
         )
         return MsVlmGenerationOutput(
-            sequences=sequences, findings_logits=findings_logits, site_logits=site_logits
+            sequences=sequences,
+            findings_logits=findings_logits,
+            site_logits=site_logits,
+            finding_sides=finding_sides,
         )
 
     @torch.inference_mode()

@@ -83,4 +83,5 @@ def test_demo_command_runs_the_loop_and_shows_where_the_findings_were_planted(tm
     assert "SR received by DEMOPACS" in out
     assert "Pulmonary nodule: Present" in out and "Pleural effusion: Present" in out
     assert "Finding Site: Pleura" in out and "Laterality:" in out  # the effusion's coded site
+    assert "Lung nodule PRESENT" in out and "side read from the images]" in out  # the nodule's side
     assert list((tmp_path / "demo" / "storage").rglob("*.dcm"))  # the study the node stored

@@ -72,6 +72,9 @@ def test_study_to_validated_sr_at_the_pacs(
     # the nodule (called present) is coded at the site the job's result names, as the vocabulary codes it
     [nodule] = [f for f in detail["result"]["findings"] if f["key"] == "lung_nodule"]
     assert nodule["present"] and 0 < nodule["site_probability"] <= 1
+    # its side read from the images (the worker passes each view's orientation), the site on it
+    assert nodule["side_from_images"] in ("right", "left")
+    assert nodule["site"].startswith(nodule["side_from_images"] + " "), nodule
     [entry] = [e for e in vocabulary_entries() if e["key"] == "lung_nodule"]
     [site] = [s for s in entry["sites"] if s["name"] == nodule["site"]]
     expected = (site["structure"][0], *([site["modifier"][1][0]] if "modifier" in site else []))

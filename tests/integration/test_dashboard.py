@@ -251,6 +251,7 @@ def _settled_phantom_job(database_url: str, tmp_path: Path) -> tuple[Ledger, int
             "probability": 0.91,
             "site": "right upper lobe",
             "site_probability": 0.62,
+            "side_from_images": "right",
         },
         {
             "key": "pleural_effusion",
@@ -342,7 +343,7 @@ def test_job_page_in_headless_chromium(database_url: str, tmp_path: Path) -> Non
         "Present",
         "Absent",
         "right upper lobe",
-        "(p 0.62)",
+        "(p 0.62; side read from the images)",
         "CT:axial:non_contrast",
         "CT:coronal:venous",
         "localizer",

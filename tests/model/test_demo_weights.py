@@ -33,7 +33,8 @@ def test_demo_folder_is_complete() -> None:
 
 
 def test_demo_model_names_planted_findings(generator: ReportGenerator, tmp_path: Path) -> None:
-    """The `msvlm-node demo` study: CT with a 12 mm nodule and a left pleural effusion."""
+    """The `msvlm-node demo` study's findings (a 12 mm nodule in the right upper lobe and a left
+    pleural effusion), with 24 slices where the demo writes 32 (README "Where a finding is")."""
     assert isinstance(generator.model, MsVlmForReportGeneration)
     spec = PhantomSpec(
         modality="CT",

@@ -251,8 +251,15 @@ def test_the_report_generator_passes_each_views_orientation(
     pixels = rng.normal(-300.0, 400.0, (4, 32, 32)).astype(np.float32)
     pixels[:, :, :4] = -1000.0
 
-    def side(orientation: tuple[float, ...]) -> int | None:
+    def side(orientation: tuple[float, ...] | None) -> int | None:
         view = ViewInput(pixels=pixels, modality="CT", view_key="CT:axial:venous", orientation=orientation)
-        return site_side(generator.generate_report([view], max_new_tokens=2).sites["lung_nodule"][0])
+        report = generator.generate_report([view], max_new_tokens=2)
+        site = report.sites["lung_nodule"][0]
+        if orientation is None:  # no side read: the site head's own call, and said so
+            assert report.image_sides == {}
+        else:
+            assert report.image_sides == {"lung_nodule": site.split()[0]}, (report.image_sides, site)
+        return site_side(site)
 
     assert {side(AXIAL), side(MIRRORED)} == {0, 1}
+    side(None)

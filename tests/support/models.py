@@ -38,6 +38,8 @@ def save_tiny_model(directory: Path, *, version: str = "tiny-test") -> Path:
     config.finding_sites = {
         e["key"]: [site["name"] for site in e["sites"]] for e in finding_vocabulary() if "sites" in e
     }
+    # and a token head reading the nodule's side, as the demo model has (its side is random here)
+    config.token_side_findings = ["lung_nodule"]
     torch.manual_seed(0)
     model = MsVlmForReportGeneration(config).eval()
     with torch.no_grad():
