@@ -18,13 +18,18 @@ Side by side in the same run, for every study size, the worker's precisions
 * `unchunked`: `bfloat16` with the whole study encoded in one ViT batch, the reference
   for what `slice_chunk_size` saves in memory.
 
+With `--sides`, each mode also runs as "MODE+sides": the model keeps a token head that reads
+the nodule's side (`MsVlmConfig.token_side_findings`, `laterality`), and each view comes with
+an axial orientation, so the encoder also scores every patch token and finds each slice's
+body centre, and generation constrains the sites: what reading sides costs.
+
 "first s" is the warm-up study, which pays for compilation: the worker runs it at start.
 
 Study sizes are "SLICES" (one view) or "SLICESxVIEWS" (that many views of SLICES each, one
 Z-former sequence of SLICES*VIEWS tokens). It prints numbers; it asserts nothing.
 
     python bench/model.py --preset full --device cuda --studies 240 250x4 --json out.json
-    python bench/model.py --preset demo --device cpu --studies 64 32x4
+    python bench/model.py --preset demo --device cpu --modes float32 --sides --studies 64 32x4
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +120,22 @@ class Clock:
         )
 
 
-def build_model(preset: str, device: torch.device, weight_dtype: torch.dtype) -> MsVlmForReportGeneration:
-    """Random weights, created on the device (a 1B LM initialised on CPU takes minutes)."""
+LOBES = ["right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe"]
+
+
+def build_model(
+    preset: str, device: torch.device, weight_dtype: torch.dtype, *, sides: bool = False
+) -> MsVlmForReportGeneration:
+    """Random weights, created on the device (a 1B LM initialised on CPU takes minutes); with
+    `sides`, a site head and the token head that reads the nodule's side."""
     torch.manual_seed(0)
+    config = msvlm_preset(preset)
+    if sides:
+        config.findings_pooling = "per_finding"
+        config.finding_sites = {"lung_nodule": LOBES}
+        config.token_side_findings = ["lung_nodule"]
     with torch.device(device):
-        model = MsVlmForReportGeneration(msvlm_preset(preset))
+        model = MsVlmForReportGeneration(config)
     model = model.to(dtype=weight_dtype).eval()  # type: ignore[call-arg]
     model.requires_grad_(False)
     # Random weights may emit EOS at any step; force the length so tokens/s counts them all.
@@ -149,6 +165,8 @@ def study_inputs(
         "view_ids": torch.arange(1, size.views + 1, device=device).unsqueeze(0),
         "input_ids": torch.randint(3, vocab, (1, PROMPT_TOKENS), generator=generator).to(device),
         "attention_mask": torch.ones((1, PROMPT_TOKENS), dtype=torch.long, device=device),
+        # every view axial (ImageOrientationPatient); only read by a model with a token head
+        "orientations": torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]] * size.views, device=device)[None],
     }
 
 
@@ -165,11 +183,14 @@ def run_once(
     gen: dict[str, float | None] = {}
     with torch.inference_mode(), placement.autocast():
         with clock.measure(enc):
-            features = model.encode_views(inputs["pixel_values"], inputs["slice_mask"])
+            features, scores, offsets = model.encode_views_with_tokens(
+                inputs["pixel_values"], inputs["slice_mask"]
+            )
         with clock.measure(zf):
             encoding = model.encode_study(
                 slice_features=features, slice_mask=inputs["slice_mask"], view_ids=inputs["view_ids"]
             )
+        encoding = replace(encoding, token_scores=scores, token_offsets=offsets)
         with clock.measure(gen):
             output = model.generate_from_encoding(
                 encoding,
@@ -177,6 +198,7 @@ def run_once(
                 attention_mask=inputs["attention_mask"],
                 max_new_tokens=new_tokens,
                 static_cache=placement.static_cache,
+                orientations=inputs["orientations"],
             )
     assert output.sequences is not None
     return {"enc": enc, "zf": zf, "gen": gen, "tokens": int(output.sequences.shape[1])}
@@ -208,6 +230,7 @@ def measure_study(
             attention_mask=inputs["attention_mask"],
             max_new_tokens=new_tokens,
             static_cache=placement.static_cache,
+            orientations=inputs["orientations"],
         )
 
     def median(stage: str) -> float:
@@ -279,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--sides", action="store_true", help="also run each mode reading sides (MODE+sides)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -289,34 +313,39 @@ def main(argv: list[str] | None = None) -> int:
     if device.type != "cuda":
         modes = ["float32"]  # Placement runs nothing else off CUDA
     results: list[Result] = []
-    models: dict[torch.dtype, MsVlmForReportGeneration] = {}
+    models: dict[tuple[torch.dtype, bool], MsVlmForReportGeneration] = {}
 
-    def model_for(placement: Placement) -> MsVlmForReportGeneration:
-        # One model per weight dtype; free the other first so both never sit on the device.
-        if placement.weight_dtype not in models:
+    def model_for(placement: Placement, sides: bool) -> MsVlmForReportGeneration:
+        # One model per weight dtype and head; free the other first so both never sit on the device.
+        key = (placement.weight_dtype, sides)
+        if key not in models:
             models.clear()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            models[placement.weight_dtype] = build_model(args.preset, device, placement.weight_dtype)
-        return models[placement.weight_dtype]
+            models[key] = build_model(args.preset, device, placement.weight_dtype, sides=sides)
+        return models[key]
 
-    # modes with the same weight dtype run one after another, so each model is built once
-    for mode in sorted(modes, key=lambda m: placement_for(m, device).weight_dtype == torch.bfloat16):
+    arms = [(mode, False) for mode in modes] + ([(mode, True) for mode in modes] if args.sides else [])
+    # arms with the same weight dtype and head run one after another, so each model is built once
+    for mode, sides in sorted(
+        arms, key=lambda arm: (placement_for(arm[0], device).weight_dtype == torch.bfloat16, arm[1])
+    ):
         placement = placement_for(mode, device)
-        model = model_for(placement)
+        model = model_for(placement, sides)
         chunk = model.config.slice_chunk_size
         for size in args.studies:
             if mode == "unchunked":
                 model.config.slice_chunk_size = size.slices
             try:
+                name = f"{mode}+sides" if sides else mode
                 results.append(
                     measure_study(
-                        model, mode, size, placement, clock, repeats=args.repeats, new_tokens=args.new_tokens
+                        model, name, size, placement, clock, repeats=args.repeats, new_tokens=args.new_tokens
                     )
                 )
             finally:
                 model.config.slice_chunk_size = chunk
-            print(f"done: {mode} {size.label()}", file=sys.stderr, flush=True)
+            print(f"done: {mode}{'+sides' if sides else ''} {size.label()}", file=sys.stderr, flush=True)
     parameters = {
         name: sum(p.numel() for p in getattr(next(iter(models.values())), name).parameters())
         for name in ("vision_model", "zformer", "bridge", "language_model")

@@ -92,9 +92,9 @@ class MsVlmForReportGeneration(ReportModelBase):
 
     def encode_views(self, pixel_values: torch.Tensor, slice_mask: torch.Tensor) -> torch.Tensor:
         """(B, V, Z, 3, S, S) padded pixels -> (B, V, Z, D_vision); padding slices are not encoded."""
-        return self._encode_views(pixel_values, slice_mask)[0]
+        return self.encode_views_with_tokens(pixel_values, slice_mask)[0]
 
-    def _encode_views(
+    def encode_views_with_tokens(
         self, pixel_values: torch.Tensor, slice_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Slice embeddings and, with a token head, each slice's best token per finding: its
@@ -144,7 +144,7 @@ class MsVlmForReportGeneration(ReportModelBase):
         scores = offsets = None
         if slice_features is None:
             assert pixel_values is not None
-            slice_features, scores, offsets = self._encode_views(pixel_values, slice_mask)
+            slice_features, scores, offsets = self.encode_views_with_tokens(pixel_values, slice_mask)
         packed = pack_views(slice_features, slice_mask, view_ids)
         output = self.zformer(packed.features, packed.view_ids, packed.positions, packed.mask)
         return VisualEncoding(
