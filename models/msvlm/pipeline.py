@@ -134,7 +134,18 @@ class ReportGenerator:
             )
         importlib.import_module(MODEL_PACKAGES[model_type])
         placement = Placement.for_device(device, precision=precision)
-        model = AutoModel.from_pretrained(str(path), dtype=placement.weight_dtype)
+        model, info = AutoModel.from_pretrained(
+            str(path), dtype=placement.weight_dtype, output_loading_info=True
+        )
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            # transformers would fill them with random values: a report from those is noise
+            raise ValueError(
+                f"{path}: its weights lack {len(missing)} parameter(s) that its config.json needs "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); train or export "
+                "them, or remove what needs them from config.json (e.g. token_side_findings needs a "
+                "trained token_head)"
+            )
         if not isinstance(model, ReportModelBase):
             raise TypeError(f"{path} did not load a report model but {type(model).__name__}")
         return cls(model=model, processor=MsVlmProcessor.from_pretrained(path), placement=placement)

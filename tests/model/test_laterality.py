@@ -4,14 +4,23 @@ patient coordinates, and how that side restricts the site head's choice in gener
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from models.msvlm import MsVlmConfig, MsVlmForReportGeneration, MsVlmProcessor, ViewInput
+from models.msvlm import (
+    MsVlmConfig,
+    MsVlmForReportGeneration,
+    MsVlmProcessor,
+    Placement,
+    ReportGenerator,
+    ViewInput,
+)
 from models.msvlm.bridge import NO_SITE_LOGIT
 from models.msvlm.configuration_msvlm import MsVlmConfigError, site_side
 from models.msvlm.laterality import (
@@ -22,6 +31,8 @@ from models.msvlm.laterality import (
     site_sides,
     token_offsets,
 )
+from models.training.stages import StageSettings, slice_findings
+from tests.model.test_slice_findings import _study
 
 pytestmark = pytest.mark.model
 
@@ -153,7 +164,7 @@ def test_config_refuses_findings_without_sided_sites(tiny_config: MsVlmConfig) -
     assert MsVlmForReportGeneration(_config(tiny_config, token_side_findings=None)).token_head is None
 
 
-def test_token_head_round_trips(tiny_config: MsVlmConfig, tmp_path) -> None:  # noqa: ANN001
+def test_token_head_round_trips(tiny_config: MsVlmConfig, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = MsVlmForReportGeneration(_config(tiny_config)).eval()
     assert model.token_head is not None
@@ -219,9 +230,6 @@ def test_processor_carries_each_views_orientation(
 def test_stage_0b_trains_the_models_own_token_head(
     tiny_config: MsVlmConfig, processor: MsVlmProcessor
 ) -> None:
-    from models.training.stages import StageSettings, slice_findings
-    from tests.model.test_slice_findings import _study
-
     torch.manual_seed(0)
     model = MsVlmForReportGeneration(_config(tiny_config))
     assert model.token_head is not None
@@ -241,8 +249,6 @@ def test_stage_0b_trains_the_models_own_token_head(
 def test_the_report_generator_passes_each_views_orientation(
     tiny_config: MsVlmConfig, processor: MsVlmProcessor
 ) -> None:
-    from models.msvlm import Placement, ReportGenerator
-
     torch.manual_seed(0)
     # every finding called present, so the nodule always gets a site
     model = MsVlmForReportGeneration(_config(tiny_config, findings_threshold=1e-6))
@@ -263,3 +269,19 @@ def test_the_report_generator_passes_each_views_orientation(
 
     assert {side(AXIAL), side(MIRRORED)} == {0, 1}
     side(None)
+
+
+def test_weights_without_the_token_head_their_config_names_are_refused(
+    tiny_config: MsVlmConfig, processor: MsVlmProcessor, tmp_path: Path
+) -> None:
+    """An AI team that adds token_side_findings to config.json of weights trained without a
+    token head would otherwise read sides from a random head."""
+    model = MsVlmForReportGeneration(_config(tiny_config, token_side_findings=None))
+    ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu")).save_pretrained(
+        tmp_path
+    )
+    assert ReportGenerator.from_pretrained(tmp_path).model.token_head is None
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "token_side_findings": ["lung_nodule"]}))
+    with pytest.raises(ValueError, match="token_head.weight"):
+        ReportGenerator.from_pretrained(tmp_path)
