@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Settings
 from node.deliver import schedule_first_attempts
-from node.errors import NodeError
+from node.errors import ConfigError, NodeError
 from node.findings import FindingCode, finding_codes
 from node.jobs import JobState, StaleJobState, claim_next, renew_lease, transition
 from node.manifest import Manifest
@@ -81,7 +81,14 @@ def load_generator(settings: Settings, model: ModelIdentity) -> ReportGenerator:
     if device == "cpu" and settings.model.cpu_threads:
         torch.set_num_threads(settings.model.cpu_threads)
     started = time.perf_counter()
-    generator = ReportGenerator.from_pretrained(model.path, device=device, precision=settings.model.precision)
+    try:
+        generator = ReportGenerator.from_pretrained(
+            model.path, device=device, precision=settings.model.precision
+        )
+    except (ValueError, TypeError, OSError) as exc:
+        # a folder that cannot give a working model (wrong model type, weights missing what its
+        # config needs, unreadable files): say so as a configuration error, not a traceback
+        raise ConfigError(f"model.path: {exc}") from exc
     loaded = time.perf_counter()
     # Compiled decoding (precision bfloat16 on a GPU) compiles here rather than in the first job.
     generator.warm_up(max_new_tokens=settings.model.max_new_tokens, num_beams=settings.model.num_beams)

@@ -271,17 +271,38 @@ def test_the_report_generator_passes_each_views_orientation(
     side(None)
 
 
+def _token_head_asked_but_not_saved(
+    tiny_config: MsVlmConfig, processor: MsVlmProcessor, folder: Path
+) -> Path:
+    """A model saved without a token head, then token_side_findings added to its config.json."""
+    model = MsVlmForReportGeneration(_config(tiny_config, token_side_findings=None))
+    generator = ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu"))
+    generator.save_pretrained(folder)
+    assert ReportGenerator.from_pretrained(folder).model.token_head is None
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "token_side_findings": ["lung_nodule"]}))
+    return folder
+
+
 def test_weights_without_the_token_head_their_config_names_are_refused(
     tiny_config: MsVlmConfig, processor: MsVlmProcessor, tmp_path: Path
 ) -> None:
     """An AI team that adds token_side_findings to config.json of weights trained without a
     token head would otherwise read sides from a random head."""
-    model = MsVlmForReportGeneration(_config(tiny_config, token_side_findings=None))
-    ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu")).save_pretrained(
-        tmp_path
-    )
-    assert ReportGenerator.from_pretrained(tmp_path).model.token_head is None
-    config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "token_side_findings": ["lung_nodule"]}))
     with pytest.raises(ValueError, match="token_head.weight"):
-        ReportGenerator.from_pretrained(tmp_path)
+        ReportGenerator.from_pretrained(_token_head_asked_but_not_saved(tiny_config, processor, tmp_path))
+
+
+def test_the_node_names_a_model_folder_it_cannot_run_as_a_configuration_error(
+    tiny_config: MsVlmConfig, processor: MsVlmProcessor, tmp_path: Path
+) -> None:
+    """The worker's load of such a folder: `msvlm-node: error: model.path: ...`, no traceback."""
+    from node.config import Settings
+    from node.errors import ConfigError
+    from node.modelinfo import model_identity
+    from node.worker import load_generator
+
+    folder = _token_head_asked_but_not_saved(tiny_config, processor, tmp_path)
+    settings = Settings.model_validate({"model": {"path": str(folder), "device": "cpu"}})
+    with pytest.raises(ConfigError, match="model.path: .*token_head"):
+        load_generator(settings, model_identity(folder))
