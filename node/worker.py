@@ -216,14 +216,7 @@ def _process(
     views = []
     for view in manifest.views:
         volume = load_view(view, root=ctx.store.root, settings=ctx.settings.volume)
-        views.append(
-            ViewInput(
-                pixels=volume.pixels,
-                modality=view.modality,  # type: ignore[arg-type]
-                view_key=view.key,
-                orientation=volume.orientation,
-            )
-        )
+        views.append(ViewInput.from_volume(volume))
     loaded = time.perf_counter()
     output = ctx.generator.generate_report(
         views, max_new_tokens=ctx.settings.model.max_new_tokens, num_beams=ctx.settings.model.num_beams

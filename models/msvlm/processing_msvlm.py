@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +26,19 @@ from .report_model import IGNORE_INDEX
 
 PROCESSOR_FILE = "msvlm_processor.json"
 MODALITIES = ("CT", "MR")
+
+
+class LoadedVolume(Protocol):
+    """What `ViewInput.from_volume` reads of a loaded view (`node.volume.Volume` has it)."""
+
+    @property
+    def pixels(self) -> np.ndarray: ...
+    @property
+    def modality(self) -> str: ...
+    @property
+    def view_key(self) -> str: ...
+    @property
+    def orientation(self) -> tuple[float, ...]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +55,16 @@ class ViewInput:
     modality: Literal["CT", "MR"]
     view_key: str
     orientation: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_volume(cls, volume: LoadedVolume) -> ViewInput:
+        """The view as the node's volume loader gives it (`node.volume.Volume`)."""
+        return cls(
+            pixels=volume.pixels,
+            modality=volume.modality,  # type: ignore[arg-type]  # checked in __post_init__
+            view_key=volume.view_key,
+            orientation=volume.orientation,
+        )
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:

@@ -256,12 +256,7 @@ def load_study(folder: Path) -> list[tuple[ViewInput, ViewGeometry]]:
             volume = load_view(view, settings=settings)
             views.append(
                 (
-                    ViewInput(
-                        pixels=volume.pixels,
-                        modality=view.modality,  # type: ignore[arg-type]
-                        view_key=view.key,
-                        orientation=volume.orientation,
-                    ),
+                    ViewInput.from_volume(volume),
                     ViewGeometry(
                         positions=tuple(volume.positions),
                         normal=volume.normal,
