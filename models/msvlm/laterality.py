@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from .configuration_msvlm import site_side
+
 #: the share of the way from a slice's darkest to its brightest value above which a pixel is
 #: body: air and lung (about 0.08 and 0.11 of the demo windows' mean, mean of three channels)
 #: lie below, fat (0.39) and everything denser above; MR background lies near 0
@@ -95,8 +97,6 @@ def sides(
 def site_sides(sites: list[list[str]], findings: set[int], width: int) -> torch.Tensor:
     """(F, width) side of each finding's sites (`configuration_msvlm.site_side`), -1 where the
     finding is not read by its token or the slot holds no site."""
-    from .configuration_msvlm import site_side
-
     out = torch.full((len(sites), width), UNKNOWN_SIDE, dtype=torch.long)
     for j, names in enumerate(sites):
         if j in findings:
