@@ -32,13 +32,14 @@ from models.msvlm.laterality import (
     token_offsets,
 )
 from models.training.stages import StageSettings, slice_findings
+from tests.model.test_site_head import SITES
+from tests.model.test_site_head import _config as site_head_config
 from tests.model.test_slice_findings import _study
 
 pytestmark = pytest.mark.model
 
 StudyFactory = Callable[..., list[ViewInput]]
-LOBES = ["right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe"]
-SITES = {"lung_nodule": LOBES, "pleural_effusion": ["right", "left", "bilateral"]}
+LOBES = SITES["lung_nodule"]
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # column index rising = towards the patient's left
 MIRRORED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # the same pixels, the patient's left to the image's left
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # no in-plane direction crosses the body
@@ -145,15 +146,8 @@ def test_constrain_sites_keeps_the_read_side_only() -> None:
 
 
 def _config(tiny_config: MsVlmConfig, **changes: object) -> MsVlmConfig:
-    values = {
-        **tiny_config.to_dict(),
-        "findings_pooling": "per_finding",
-        "findings_tokens": True,
-        "finding_sites": SITES,
-        "token_side_findings": ["lung_nodule"],
-        **changes,
-    }
-    return MsVlmConfig.from_dict(values)
+    """The site head tests' config, with the nodule's side read by its token."""
+    return site_head_config(tiny_config, **{"token_side_findings": ["lung_nodule"], **changes})
 
 
 def test_config_refuses_findings_without_sided_sites(tiny_config: MsVlmConfig) -> None:
