@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -59,6 +60,14 @@ def _sr_text(ds: Dataset) -> list[str]:
 
     walk(list(ds.get("ContentSequence", [])), 0)
     return lines
+
+
+def _site_note(finding: dict[str, Any]) -> str:
+    """ " [site: right upper lobe, p=0.62; side read from the images]", or "" without a site."""
+    if "site" not in finding:
+        return ""
+    side = "; side read from the images" if "side_from_images" in finding else ""
+    return f" [site: {finding['site']}, p={finding['site_probability']:.2f}{side}]"
 
 
 def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
@@ -202,9 +211,7 @@ host = "127.0.0.1"
             "findings: "
             + ", ".join(
                 f"{f['display']} {'PRESENT' if f['present'] else 'absent'} p={f['probability']:.2f}"
-                + (f" [site: {f['site']}, p={f['site_probability']:.2f}" if "site" in f else "")
-                + ("; side read from the images" if "side_from_images" in f else "")
-                + ("]" if "site" in f else "")
+                + _site_note(f)
                 for f in detail["result"]["findings"]
             )
         )

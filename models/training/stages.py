@@ -434,13 +434,11 @@ def slice_findings(
     located = all(len(s.finding_places) == len(s.pixels) for s in studies)
     use_places = place_weight > 0 and located
     use_tokens = token_weight > 0 and located
-    # the model's own head must be unfrozen with the encoder (`_only_train` freezes the rest)
-    own_head = use_tokens and token_head is model.token_head
+    # `_only_train` freezes the rest of the model, the model's own token head included
     params = [
-        *_only_train(model, vit, *([token_head] if own_head else [])),
+        *_only_train(model, vit, *([token_head] if use_tokens else [])),
         *head.parameters(),
         *(place_head.parameters() if use_places else ()),
-        *(token_head.parameters() if use_tokens and not own_head else ()),
     ]
     generator = torch.Generator().manual_seed(seed + 5)
     turn = 0
