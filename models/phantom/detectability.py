@@ -19,20 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
-
-from models.phantom.shapes import Raster, compose
 from models.phantom.spec import PhantomSpec
 from models.phantom.study import StudyBuilder
-from models.phantom.tissues import Tissue
+from models.phantom.tissues import FOCAL_TISSUES
 
-#: the solids that make each focal finding (its soft solids carry this tissue label)
-FOCAL_TISSUES: dict[str, Tissue] = {
-    "lung_nodule": Tissue.NODULE,
-    "liver_lesion": Tissue.LIVER_LESION,
-    "lymphadenopathy": Tissue.LYMPH_NODE,
-    "rectal_lesion": Tissue.RECTAL_LESION,
-}
+__all__ = ["FOCAL_TISSUES", "ROSE_SNR", "FindingSignal", "focal_signals", "without_invisible_findings"]
 
 #: Rose criterion: below this matched-filter SNR a finding is not reliably told from noise
 ROSE_SNR = 5.0
@@ -63,21 +54,10 @@ def focal_signals(spec: PhantomSpec) -> list[FindingSignal]:
     for plan in builder.plans:
         if plan.kind != "view" or not best:
             continue
-        _, raster = builder.raster(str(plan.plane))
-        for b_value in spec.b_values if plan.sequence == "dwi" else (0,):
-            table, sigma = builder.contrast(plan.phase, plan.sequence, b_value)
-            whole = compose(raster, table)
-            for key in best:
-                tissue = int(FOCAL_TISSUES[key])
-                without = Raster(
-                    labels=raster.labels, soft=tuple(p for p in raster.soft if p.tissue != tissue)
-                )
-                difference = whole - compose(without, table)
-                snr = float(np.sqrt(np.square(difference, dtype=np.float64).sum())) / max(sigma, 1e-9)
-                if snr > best[key].snr:
-                    best[key] = FindingSignal(
-                        key=key, snr=snr, view=f"{plan.plane} {plan.phase or plan.sequence}"
-                    )
+        for key, snr in builder.focal_snr(plan).items():
+            if snr > best[key].snr:
+                view = f"{plan.plane} {plan.phase or plan.sequence}"
+                best[key] = FindingSignal(key=key, snr=snr, view=view)
     return list(best.values())
 
 

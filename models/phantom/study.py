@@ -48,9 +48,9 @@ from models.phantom.render import (
 )
 from models.phantom.report import ct_report, mr_report
 from models.phantom.screens import dose_report_lines, render_text, summary_lines
-from models.phantom.shapes import Raster, rasterize
+from models.phantom.shapes import Raster, compose, rasterize
 from models.phantom.spec import PhantomSpec
-from models.phantom.tissues import ct_table, mr_table
+from models.phantom.tissues import FOCAL_TISSUES, ct_table, mr_table
 from models.phantom.truth import FindingTruth, SeriesTruth, StudyTruth
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,38 @@ class StudyBuilder:
             return mr_table("adc"), ADC_SIGMA * noise
         table = mr_table("dwi", b_value=b_value) if sequence == "dwi" else mr_table(str(sequence))
         return table, MR_SIGMA * noise
+
+    def focal_snr(self, plan: SeriesPlan) -> dict[str, float]:
+        """Each planted focal finding's matched-filter SNR in the view series of `plan`.
+
+        The signal is the noise-free difference the finding makes to the series (rendered
+        with and without its solids, partial volume included), its SNR ||difference||_2 /
+        sigma: the best any detector can do knowing where and what to look for (Barrett and
+        Myers, "Foundations of Image Science", ch. 13-14). For DWI the best b-value counts.
+        Why per series: a liver lesion that enhances arterially shows in the arterial series
+        and hardly in the venous one, and an answer key that says only *that* the study shows
+        it would teach a model that every series does (`models.phantom.detectability`).
+        """
+        planted = sorted({finding.key for finding in self.anatomy.findings} & FOCAL_TISSUES.keys())
+        _, raster = self.raster(str(plan.plane))
+        out = dict.fromkeys(planted, 0.0)
+        for b_value in self.spec.b_values if plan.sequence == "dwi" else (0,):
+            table, sigma = self.contrast(plan.phase, plan.sequence, b_value)
+            whole = compose(raster, table)
+            for key in planted:
+                tissue = int(FOCAL_TISSUES[key])
+                soft = tuple(p for p in raster.soft if p.tissue != tissue)
+                without = Raster(labels=raster.labels, soft=soft)
+                difference = whole - compose(without, table)
+                energy = float(np.sqrt(np.square(difference, dtype=np.float64).sum()))
+                out[key] = max(out[key], energy / max(sigma, 1e-9))
+        return out
+
+    def _finding_snr(self, plan: SeriesPlan) -> dict[str, float]:
+        """The answer key's `finding_snr` of a series: only image views are read."""
+        if plan.kind != "view":
+            return {}
+        return {key: round(snr, 2) for key, snr in self.focal_snr(plan).items()}
 
     def _volume(
         self,
@@ -275,6 +307,7 @@ class StudyBuilder:
             pixel_spacing_mm=None if grid is None else round(grid.pixel_spacing, 6),
             slice_spacing_mm=None if grid is None else round(grid.spacing, 6),
             image_orientation=None if grid is None else tuple(round(v, 8) for v in grid.orientation),
+            finding_snr=self._finding_snr(plan),
         )
         logger.debug(
             "phantom series rendered",

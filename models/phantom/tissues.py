@@ -54,6 +54,15 @@ class Tissue(IntEnum):
     RECTAL_LESION = 26
 
 
+#: the solids that make each focal finding (its soft solids carry this tissue label); a diffuse
+#: finding such as cardiomegaly or an effusion is large by construction and has none
+FOCAL_TISSUES: dict[str, Tissue] = {
+    "lung_nodule": Tissue.NODULE,
+    "liver_lesion": Tissue.LIVER_LESION,
+    "lymphadenopathy": Tissue.LYMPH_NODE,
+    "rectal_lesion": Tissue.RECTAL_LESION,
+}
+
 # Hounsfield units: non-contrast, arterial (~30 s), portal venous (~70 s), delayed (>=180 s).
 _CT_HU: dict[Tissue, tuple[float, float, float, float]] = {
     Tissue.AIR: (-1000, -1000, -1000, -1000),

@@ -34,6 +34,8 @@ class SeriesTruth:
     screen capture). ``phase`` is set for CT views, ``sequence`` for MR;
     ``b_values`` lists the diffusion weightings stored in a DWI series, one
     stack each (``n_stacks``). ``folder`` is relative to the study directory.
+    ``finding_snr`` says how plainly the series shows each planted focal finding: a study's
+    label says a finding is visible in *some* view, this says in which.
     """
 
     series_index: int
@@ -59,6 +61,9 @@ class SeriesTruth:
     pixel_spacing_mm: float | None
     slice_spacing_mm: float | None
     image_orientation: tuple[float, ...] | None
+    #: a view series: each planted focal finding's matched-filter SNR in it
+    #: (`StudyBuilder.focal_snr`); under `ROSE_SNR` no reader can tell it from noise there
+    finding_snr: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_view(self) -> bool:

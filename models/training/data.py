@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "dataset.jsonl"
+#: the matched-filter SNR (`models.phantom.study.StudyBuilder.focal_snr`) under which a view's
+#: slices are not taught to show a focal finding. Why twice the Rose criterion (5, the ideal
+#: observer's): a trained human reader detects in noise at an efficiency of some 25-50% of
+#: the ideal observer's, so needs about 7-10 (Barrett and Myers, ch. 14); a venous-phase
+#: liver lesion at SNR 5-6 is in the study's labels (its arterial view shows it) but no
+#: reader would point at it there
+SHOWN_SNR = 10.0
 CT_PLANES = ("axial", "coronal", "sagittal")
 CT_PHASES = ("non_contrast", "arterial", "venous", "delayed")
 MR_SEQUENCES = ("t1", "t2", "dwi", "adc", "t1_post")
@@ -219,15 +226,26 @@ class ViewGeometry:
     positions: tuple[float, ...]
     normal: tuple[float, float, float]
     plane: SlicePlane | None = None
+    #: the series the view's slices come from, to look up what its answer key says it shows
+    series_instance_uid: str = ""
 
 
 @dataclass(frozen=True)
 class FindingRegion:
-    """A focal finding located in patient coordinates: slices within `radius_mm` show it."""
+    """A focal finding located in patient coordinates: slices within `radius_mm` show it,
+    in the series where it is plain enough to see (`snr_by_series`; all when empty)."""
 
     key: str
     center_lps_mm: tuple[float, float, float]
     radius_mm: float
+    #: series instance UID -> the finding's matched-filter SNR in that series
+    snr_by_series: Mapping[str, float] = field(default_factory=dict)
+
+    def shown_in(self, series_instance_uid: str) -> bool:
+        """Whether a reader could point at it in that series (SNR at least `SHOWN_SNR`);
+        a series the answer key does not measure counts as showing it."""
+        snr = self.snr_by_series.get(series_instance_uid)
+        return snr is None or snr >= SHOWN_SNR
 
 
 def load_study_views(folder: Path) -> list[ViewInput]:
@@ -268,6 +286,7 @@ def load_study(folder: Path) -> list[tuple[ViewInput, ViewGeometry]]:
                             rows=volume.pixels.shape[1],
                             columns=volume.pixels.shape[2],
                         ),
+                        series_instance_uid=view.series_instance_uid,
                     ),
                 )
             )
@@ -307,7 +326,8 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
     """Focal findings located by the study's phantom answer key (`truth.json`), if it has one.
 
     Nodules and liver lesions extend half their size from their centre; a lymph node
-    conglomerate about 0.7 of its short axis (measured against the phantom's raster). Real
+    conglomerate about 0.7 of its short axis (measured against the phantom's raster). Each
+    view series of the key says how plainly it shows each finding (`finding_snr`). Real
     datasets have no such key: their present findings count on every slice (`slice_targets`).
     """
     path = folder / "truth.json"
@@ -315,6 +335,10 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
         return []
     try:
         truth = json.loads(path.read_text(encoding="utf-8"))
+        snr: dict[str, dict[str, float]] = {}
+        for series in truth.get("series", []):
+            for key, value in (series.get("finding_snr") or {}).items():
+                snr.setdefault(str(key), {})[str(series["series_instance_uid"])] = float(value)
         regions = []
         for finding in truth.get("findings", []):
             attributes = finding.get("attributes") or {}
@@ -325,7 +349,8 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
             else:
                 radius = float(attributes["size_mm"]) / 2
             x, y, z = (float(v) for v in attributes["center_lps_mm"])
-            regions.append(FindingRegion(str(finding["key"]), (x, y, z), radius))
+            key = str(finding["key"])
+            regions.append(FindingRegion(key, (x, y, z), radius, snr.get(key, {})))
     except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{path}: not a phantom answer key ({exc})") from exc
     return regions
@@ -342,7 +367,10 @@ def slice_targets(
 
     A finding absent from the study is absent from every slice. A present one that a region
     locates shows on the slices within its radius, not on those more than one slice spacing
-    beyond, and the partial-volume band between stays unknown. A present one that nothing
+    beyond, and the partial-volume band between stays unknown; in a series the region says
+    does not show it plainly (`FindingRegion.shown_in`: a liver lesion outside the arterial
+    phase) the slices within its radius stay unknown too, since teaching the encoder that
+    they show it would teach it to fire on normal-looking liver. A present one that nothing
     locates (a diffuse finding such as cardiomegaly, or any finding of a dataset without an
     answer key) counts on every slice: a weak label, but the one that teaches the encoder
     what such a study looks like; left unknown, those findings would only ever be seen as
@@ -368,7 +396,8 @@ def slice_targets(
             distance = (
                 positions - float(torch.tensor(region.center_lps_mm, dtype=torch.float64) @ normal)
             ).abs()
-            out[distance <= region.radius_mm, j] = 1.0
+            if region.shown_in(geometry.series_instance_uid):
+                out[distance <= region.radius_mm, j] = 1.0
             out[distance > region.radius_mm + spacing, j] = 0.0
     return out
 

@@ -11,6 +11,7 @@ import pytest
 from models.phantom import Finding, PhantomSpec
 from models.phantom.study import write_study
 from models.training.data import (
+    SHOWN_SNR,
     DatasetError,
     FindingRegion,
     SlicePlane,
@@ -39,6 +40,27 @@ def test_located_absent_and_diffuse_findings() -> None:
     assert _column(targets, "lung_nodule") == "...?X?...."
     assert _column(targets, "pleural_effusion") == "X" * 10  # present, nothing says where: everywhere
     assert _column(targets, "liver_lesion") == "." * 10  # absent from the study
+
+
+def test_a_series_that_does_not_show_a_finding_plainly_is_not_taught_that_it_does() -> None:
+    """Within the radius: shown (X) where the series' SNR is at least `SHOWN_SNR` or the key
+    does not measure it, unknown (?) where it is lower; beyond it the finding is absent."""
+    snr = {"arterial": SHOWN_SNR + 20.0, "venous": SHOWN_SNR - 4.0, "threshold": SHOWN_SNR}
+    region = FindingRegion("liver_lesion", (0.0, 0.0, 42.0), 6.0, snr)
+    labels = {"liver_lesion": 1}
+    columns = {
+        series: _column(
+            slice_targets(replace(AXIAL, series_instance_uid=series), 10, NAMES, labels, [region]).numpy(),
+            "liver_lesion",
+        )
+        for series in ("arterial", "venous", "threshold", "unmeasured")
+    }
+    assert columns == {
+        "arterial": "...?X?....",
+        "venous": "...???....",
+        "threshold": "...?X?....",
+        "unmeasured": "...?X?....",
+    }
 
 
 def test_unlabelled_findings_stay_unknown_and_oblique_normals_project() -> None:
@@ -150,3 +172,33 @@ def test_the_place_is_where_the_phantom_draws_the_nodule(tmp_path: Path) -> None
             assert abs((rows.mean() + 0.5) / side - down) * side < 1.0, view.view_key
             checked += 1
     assert checked >= 3
+
+
+def test_a_liver_lesion_is_taught_on_the_arterial_slices_only(tmp_path: Path) -> None:
+    """Through the written answer key: the arterial view's slices show the lesion, the
+    venous view's slices that cut it stay unknown (SNR about 2 there)."""
+    spec = PhantomSpec(
+        modality="CT",
+        planes=("axial",),
+        phases=("arterial", "venous"),
+        seed=3,
+        matrix=32,
+        slices=16,
+        include_localizer=False,
+        include_dose_report=False,
+        include_oblique=False,
+        findings=(Finding("liver_lesion", {"size_mm": 30.0, "location": "right lobe"}),),
+    )
+    write_study(spec, tmp_path)
+    (region,) = finding_regions(tmp_path)
+    assert len(region.snr_by_series) == 2
+    columns = {}
+    for view, geometry in load_study(tmp_path):
+        targets = slice_targets(geometry, view.pixels.shape[0], NAMES, {"liver_lesion": 1}, [region])
+        columns[view.view_key] = _column(targets.numpy(), "liver_lesion")
+    arterial, venous = (
+        next(c for key, c in columns.items() if phase in key) for phase in ("arterial", "venous")
+    )
+    assert "X" in arterial
+    assert "X" not in venous and "?" in venous
+    assert [c == "?" for c in venous] == [c != "." for c in arterial]  # the same slices cut it

@@ -10,7 +10,9 @@ import pytest
 
 from models.phantom import Finding, PhantomSpec, dataset_spec
 from models.phantom.detectability import ROSE_SNR, focal_signals, without_invisible_findings
-from models.training.data import make_phantoms, phantom_spec
+from models.phantom.study import generate_study
+from models.phantom.truth import StudyTruth
+from models.training.data import SHOWN_SNR, make_phantoms, phantom_spec
 
 BASE = PhantomSpec(modality="CT", planes=("axial",), phases=("venous",), matrix=64, slices=24, seed=7)
 
@@ -75,3 +77,21 @@ def test_training_and_held_out_phantoms_label_only_what_their_views_show() -> No
         assert kept <= sampled
         dropped += len(sampled - kept)
     assert dropped > 0, "seed 1 plants liver lesions that its venous-only studies cannot show"
+
+
+def test_each_view_series_of_the_answer_key_says_how_plainly_it_shows_each_finding() -> None:
+    """`finding_snr` per series: the arterial series shows the liver lesion, the venous one
+    hardly; the study's best series is what `focal_signals` reports, and only views carry it."""
+    lesion = Finding("liver_lesion", {"size_mm": 30, "location": "right lobe"})
+    nodule = Finding("lung_nodule", {"size_mm": 12, "lobe": "left lower lobe"})
+    spec = replace(BASE, phases=("arterial", "venous"), findings=(lesion, nodule))
+    truth = generate_study(spec).truth
+    by_phase = {series.phase: series.finding_snr for series in truth.views}
+    assert set(by_phase) == {"arterial", "venous"}
+    assert by_phase["arterial"]["liver_lesion"] > SHOWN_SNR > by_phase["venous"]["liver_lesion"]
+    assert min(snr["lung_nodule"] for snr in by_phase.values()) > SHOWN_SNR  # lung is dark in every phase
+    best = {signal.key: signal.snr for signal in focal_signals(spec)}
+    for key, snr in best.items():
+        assert max(s[key] for s in by_phase.values()) == pytest.approx(snr, abs=0.01)
+    assert truth.excluded and all(series.finding_snr == {} for series in truth.excluded)
+    assert StudyTruth.from_json(truth.to_json()) == truth
