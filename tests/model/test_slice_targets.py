@@ -86,20 +86,25 @@ def test_a_broken_answer_key_is_a_dataset_error(tmp_path: Path) -> None:
     assert finding_regions(tmp_path / "elsewhere") == []
 
 
-def _with_and_without_nodule(folder: Path, *, planes: tuple[str, ...], seed: int, lobe: str) -> None:
-    """Two small CT studies in `folder`, "with" a 20 mm nodule in `lobe` and "without" it."""
-    spec = PhantomSpec(
+def _small_ct(planes: tuple[str, ...], phases: tuple[str, ...], seed: int, finding: Finding) -> PhantomSpec:
+    """A 32-pixel, 16-slice CT study of `finding` with image views only."""
+    return PhantomSpec(
         modality="CT",
         planes=planes,
-        phases=("venous",),
+        phases=phases,
         seed=seed,
         matrix=32,
         slices=16,
         include_localizer=False,
         include_dose_report=False,
         include_oblique=False,
-        findings=(Finding("lung_nodule", {"size_mm": 20.0, "lobe": lobe}),),
+        findings=(finding,),
     )
+
+
+def _with_and_without_nodule(folder: Path, *, planes: tuple[str, ...], seed: int, lobe: str) -> None:
+    """Two small CT studies in `folder`, "with" a 20 mm nodule in `lobe` and "without" it."""
+    spec = _small_ct(planes, ("venous",), seed, Finding("lung_nodule", {"size_mm": 20.0, "lobe": lobe}))
     write_study(spec, folder / "with")
     write_study(replace(spec, findings=()), folder / "without")
 
@@ -177,18 +182,8 @@ def test_the_place_is_where_the_phantom_draws_the_nodule(tmp_path: Path) -> None
 def test_a_liver_lesion_is_taught_on_the_arterial_slices_only(tmp_path: Path) -> None:
     """Through the written answer key: the arterial view's slices show the lesion, the
     venous view's slices that cut it stay unknown (SNR about 2 there)."""
-    spec = PhantomSpec(
-        modality="CT",
-        planes=("axial",),
-        phases=("arterial", "venous"),
-        seed=3,
-        matrix=32,
-        slices=16,
-        include_localizer=False,
-        include_dose_report=False,
-        include_oblique=False,
-        findings=(Finding("liver_lesion", {"size_mm": 30.0, "location": "right lobe"}),),
-    )
+    lesion = Finding("liver_lesion", {"size_mm": 30.0, "location": "right lobe"})
+    spec = _small_ct(("axial",), ("arterial", "venous"), 3, lesion)
     write_study(spec, tmp_path)
     (region,) = finding_regions(tmp_path)
     assert len(region.snr_by_series) == 2
