@@ -50,7 +50,7 @@ from models.phantom.report import ct_report, mr_report
 from models.phantom.screens import dose_report_lines, render_text, summary_lines
 from models.phantom.shapes import Raster, compose, rasterize
 from models.phantom.spec import PhantomSpec
-from models.phantom.tissues import FOCAL_TISSUES, ct_table, mr_table
+from models.phantom.tissues import FOCAL_TISSUES, PLACED_TISSUES, ct_table, mr_table
 from models.phantom.truth import FindingTruth, SeriesTruth, StudyTruth
 
 logger = logging.getLogger(__name__)
@@ -166,6 +166,31 @@ class StudyBuilder:
                 difference = whole - compose(without, table)
                 energy = float(np.sqrt(np.square(difference, dtype=np.float64).sum()))
                 out[key] = max(out[key], energy / max(sigma, 1e-9))
+        return out
+
+    def finding_slices(self, plan: SeriesPlan) -> dict[str, list[list[float]]]:
+        """Per planted finding drawn as its own tissue (`PLACED_TISSUES`: the effusion), the
+        slices of the view series of `plan` that cut it: [ImagePositionPatient x, y, z (mm),
+        pixels of it on that slice].
+
+        Why: an effusion has no centre and radius like a focal finding, yet it lies at the
+        lung bases; a study label put on every slice tells the encoder that a pelvis slice
+        shows it. The empty list says the series shows none of it. The slice's position, not
+        a distance along a normal, so that a reader can project it with its own convention.
+        """
+        planted = sorted({finding.key for finding in self.anatomy.findings} & PLACED_TISSUES.keys())
+        if plan.kind != "view" or not planted:
+            return {}
+        grid, raster = self.raster(str(plan.plane))
+        out: dict[str, list[list[float]]] = {}
+        for key in planted:
+            mask = raster.labels == int(PLACED_TISSUES[key])
+            pixels = mask.reshape(mask.shape[0], -1).sum(axis=1)
+            out[key] = [
+                [*(round(v, 3) for v in grid.position(k)), int(n)]
+                for k, n in enumerate(pixels.tolist())
+                if n > 0
+            ]
         return out
 
     def _finding_snr(self, plan: SeriesPlan) -> dict[str, float]:
@@ -308,6 +333,7 @@ class StudyBuilder:
             slice_spacing_mm=None if grid is None else round(grid.spacing, 6),
             image_orientation=None if grid is None else tuple(round(v, 8) for v in grid.orientation),
             finding_snr=self._finding_snr(plan),
+            finding_slices=self.finding_slices(plan),
         )
         logger.debug(
             "phantom series rendered",

@@ -63,6 +63,11 @@ FOCAL_TISSUES: dict[str, Tissue] = {
     "rectal_lesion": Tissue.RECTAL_LESION,
 }
 
+#: diffuse findings drawn as a tissue of their own, so the answer key can list the slices that
+#: cut them (`StudyBuilder.finding_slices`): the effusion lies at the lung bases, not on every
+#: slice of a study that has one
+PLACED_TISSUES: dict[str, Tissue] = {"pleural_effusion": Tissue.EFFUSION}
+
 # Hounsfield units: non-contrast, arterial (~30 s), portal venous (~70 s), delayed (>=180 s).
 _CT_HU: dict[Tissue, tuple[float, float, float, float]] = {
     Tissue.AIR: (-1000, -1000, -1000, -1000),

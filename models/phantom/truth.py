@@ -64,6 +64,9 @@ class SeriesTruth:
     #: a view series: each planted focal finding's matched-filter SNR in it
     #: (`StudyBuilder.focal_snr`); under `ROSE_SNR` no reader can tell it from noise there
     finding_snr: dict[str, float] = field(default_factory=dict)
+    #: a view series: for each planted effusion, [ImagePositionPatient x, y, z, pixels] of the
+    #: slices that cut it (`StudyBuilder.finding_slices`)
+    finding_slices: dict[str, list[list[float]]] = field(default_factory=dict)
 
     @property
     def is_view(self) -> bool:

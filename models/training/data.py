@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,10 @@ INDEX_NAME = "dataset.jsonl"
 #: liver lesion at SNR 5-6 is in the study's labels (its arterial view shows it) but no
 #: reader would point at it there
 SHOWN_SNR = 10.0
+#: pixels of an answer key's placed finding (the effusion: `StudyBuilder.finding_slices`) a
+#: slice must hold to be taught that it shows it; fewer is the partial-volume sliver of a
+#: slice that grazes it, left unknown
+SHOWN_PIXELS = 8
 CT_PLANES = ("axial", "coronal", "sagittal")
 CT_PHASES = ("non_contrast", "arterial", "venous", "delayed")
 MR_SEQUENCES = ("t1", "t2", "dwi", "adc", "t1_post")
@@ -322,6 +326,19 @@ class StudyRecord:
         ]
 
 
+def _answer_key(folder: Path) -> dict[str, Any] | None:
+    path = folder / "truth.json"
+    if not path.is_file():
+        return None
+    try:
+        truth = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DatasetError(f"{path}: not a phantom answer key ({exc})") from exc
+    if not isinstance(truth, dict):
+        raise DatasetError(f"{path}: not a phantom answer key (not an object)")
+    return truth
+
+
 def finding_regions(folder: Path) -> list[FindingRegion]:
     """Focal findings located by the study's phantom answer key (`truth.json`), if it has one.
 
@@ -330,11 +347,10 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
     view series of the key says how plainly it shows each finding (`finding_snr`). Real
     datasets have no such key: their present findings count on every slice (`slice_targets`).
     """
-    path = folder / "truth.json"
-    if not path.is_file():
+    truth = _answer_key(folder)
+    if truth is None:
         return []
     try:
-        truth = json.loads(path.read_text(encoding="utf-8"))
         snr: dict[str, dict[str, float]] = {}
         for series in truth.get("series", []):
             for key, value in (series.get("finding_snr") or {}).items():
@@ -352,8 +368,30 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
             key = str(finding["key"])
             regions.append(FindingRegion(key, (x, y, z), radius, snr.get(key, {})))
     except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: not a phantom answer key ({exc})") from exc
+        raise DatasetError(f"{folder / 'truth.json'}: not a phantom answer key ({exc})") from exc
     return regions
+
+
+#: finding -> series instance UID -> the slices that cut it: (ImagePositionPatient, pixels)
+FindingCuts = Mapping[str, Mapping[str, Sequence[tuple[tuple[float, float, float], int]]]]
+
+
+def finding_cuts(folder: Path) -> dict[str, dict[str, list[tuple[tuple[float, float, float], int]]]]:
+    """The slices of each view series that cut a placed finding (the effusion), from the
+    study's phantom answer key (`finding_slices`); empty without a key."""
+    truth = _answer_key(folder)
+    if truth is None:
+        return {}
+    out: dict[str, dict[str, list[tuple[tuple[float, float, float], int]]]] = {}
+    try:
+        for series in truth.get("series", []):
+            for key, cuts in (series.get("finding_slices") or {}).items():
+                out.setdefault(str(key), {})[str(series["series_instance_uid"])] = [
+                    ((float(x), float(y), float(z)), int(pixels)) for x, y, z, pixels in cuts
+                ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{folder / 'truth.json'}: not a phantom answer key ({exc})") from exc
+    return out
 
 
 def slice_targets(
@@ -362,6 +400,7 @@ def slice_targets(
     finding_labels: Sequence[str],
     study_labels: Mapping[str, int],
     regions: Sequence[FindingRegion],
+    cuts: FindingCuts | None = None,
 ) -> torch.Tensor:
     """(slices, L) per-slice targets: 1 shows the finding, 0 does not, -1 unknown.
 
@@ -370,8 +409,11 @@ def slice_targets(
     beyond, and the partial-volume band between stays unknown; in a series the region says
     does not show it plainly (`FindingRegion.shown_in`: a liver lesion outside the arterial
     phase) the slices within its radius stay unknown too, since teaching the encoder that
-    they show it would teach it to fire on normal-looking liver. A present one that nothing
-    locates (a diffuse finding such as cardiomegaly, or any finding of a dataset without an
+    they show it would teach it to fire on normal-looking liver. A present one whose slices
+    the answer key lists for this series (`cuts`: the effusion) shows on the slices that
+    hold at least `SHOWN_PIXELS` of it, not on those that cut none of it, and a slice that
+    only grazes it stays unknown. A present one
+    that nothing locates (a diffuse finding such as cardiomegaly, or any finding of a dataset without an
     answer key) counts on every slice: a weak label, but the one that teaches the encoder
     what such a study looks like; left unknown, those findings would only ever be seen as
     negatives. A finding the study does not annotate stays unknown. The view's positions
@@ -385,10 +427,17 @@ def slice_targets(
     normal = torch.tensor(geometry.normal, dtype=torch.float64)
     out = torch.full((slices, len(finding_labels)), -1.0)
     located = {region.key: region for region in regions}
+    series_cuts = {
+        key: by_series[geometry.series_instance_uid]
+        for key, by_series in (cuts or {}).items()
+        if geometry.series_instance_uid in by_series
+    }
     for j, key in enumerate(finding_labels):
         label = study_labels.get(key)
         if label == 0:
             out[:, j] = 0.0
+        elif label == 1 and key in series_cuts:
+            out[:, j] = _cut_targets(positions, normal, spacing, series_cuts[key])
         elif label == 1 and key not in located:
             out[:, j] = 1.0
         elif label == 1:
@@ -399,6 +448,22 @@ def slice_targets(
             if region.shown_in(geometry.series_instance_uid):
                 out[distance <= region.radius_mm, j] = 1.0
             out[distance > region.radius_mm + spacing, j] = 0.0
+    return out
+
+
+def _cut_targets(
+    positions: torch.Tensor,
+    normal: torch.Tensor,
+    spacing: float,
+    cuts: Sequence[tuple[tuple[float, float, float], int]],
+) -> torch.Tensor:
+    """One finding's column of `slice_targets` from the slices that cut it (`finding_cuts`):
+    1 on a slice within half a spacing of a cut of at least `SHOWN_PIXELS`, -1 of a smaller
+    cut, else 0."""
+    out = torch.zeros(positions.numel(), dtype=torch.float32)
+    for point, pixels in cuts:
+        near = (positions - float(torch.tensor(point, dtype=torch.float64) @ normal)).abs() <= spacing / 2
+        out[near] = torch.where(out[near] == 1.0, 1.0, 1.0 if pixels >= SHOWN_PIXELS else -1.0)
     return out
 
 
@@ -429,12 +494,13 @@ def preprocess_study(
     *,
     geometries: Sequence[ViewGeometry] = (),
     regions: Sequence[FindingRegion] = (),
+    cuts: FindingCuts | None = None,
 ) -> StudyRecord:
     pixels = tuple(processor.preprocess_view(view).to(torch.float16) for view in views)
     names = processor.settings.finding_labels
     targets = (
         tuple(
-            slice_targets(geometry, view.shape[0], names, labels, regions)
+            slice_targets(geometry, view.shape[0], names, labels, regions, cuts)
             for geometry, view in zip(geometries, pixels, strict=True)
         )
         if geometries
@@ -464,6 +530,7 @@ def load_dataset(
         views = [view for view, _ in loaded]
         geometries = [geometry for _, geometry in loaded]
         regions = finding_regions(entry.folder)
+        cuts = finding_cuts(entry.folder)
         for name, processor in processors.items():
             out[name].append(
                 preprocess_study(
@@ -474,6 +541,7 @@ def load_dataset(
                     entry.labels,
                     geometries=geometries,
                     regions=regions,
+                    cuts=cuts,
                 )
             )
         if log_every and (i + 1) % log_every == 0:

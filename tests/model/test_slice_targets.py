@@ -11,11 +11,13 @@ import pytest
 from models.phantom import Finding, PhantomSpec
 from models.phantom.study import write_study
 from models.training.data import (
+    SHOWN_PIXELS,
     SHOWN_SNR,
     DatasetError,
     FindingRegion,
     SlicePlane,
     ViewGeometry,
+    finding_cuts,
     finding_places,
     finding_regions,
     load_study,
@@ -61,6 +63,28 @@ def test_a_series_that_does_not_show_a_finding_plainly_is_not_taught_that_it_doe
         "threshold": "...?X?....",
         "unmeasured": "...?X?....",
     }
+
+
+def test_an_effusion_shows_on_the_slices_that_cut_it() -> None:
+    """`cuts`: a slice that holds enough of it shows it (X), one that grazes it is unknown
+    (?), one that cuts none of it is clear (.); a series the key does not list keeps the
+    study label on every slice, and an absent effusion stays absent whatever the key says."""
+    geometry = replace(AXIAL, series_instance_uid="axial")
+    cuts = {
+        "pleural_effusion": {
+            "axial": [((0.0, 0.0, 40.0), 3), ((9.0, -4.0, 50.0), SHOWN_PIXELS), ((0.0, 0.0, 60.0), 90)],
+            "empty": [],
+        }
+    }
+    present = {"pleural_effusion": 1}
+
+    def column(geometry: ViewGeometry, labels: dict[str, int]) -> str:
+        return _column(slice_targets(geometry, 10, NAMES, labels, [], cuts).numpy(), "pleural_effusion")
+
+    assert column(geometry, present) == "....?XX..."
+    assert column(replace(AXIAL, series_instance_uid="empty"), present) == ".........."
+    assert column(replace(AXIAL, series_instance_uid="unlisted"), present) == "XXXXXXXXXX"
+    assert column(geometry, {"pleural_effusion": 0}) == ".........."
 
 
 def test_unlabelled_findings_stay_unknown_and_oblique_normals_project() -> None:
@@ -197,3 +221,23 @@ def test_a_liver_lesion_is_taught_on_the_arterial_slices_only(tmp_path: Path) ->
     assert "X" in arterial
     assert "X" not in venous and "?" in venous
     assert [c == "?" for c in venous] == [c != "." for c in arterial]  # the same slices cut it
+
+
+def test_a_right_effusion_is_taught_on_the_right_sagittal_slices_that_cut_it(tmp_path: Path) -> None:
+    """Through the written answer key: every sagittal slice marked as showing a right effusion
+    is one the effusion changes, on the patient's right (LPS x < 0), and no slice marked clear
+    of it changes."""
+    effusion = Finding("pleural_effusion", {"side": "right", "size": "moderate"})
+    spec = _small_ct(("sagittal",), ("venous",), 5, effusion)
+    write_study(spec, tmp_path / "with")
+    write_study(replace(spec, findings=()), tmp_path / "without")
+    cuts = finding_cuts(tmp_path / "with")
+    assert list(cuts) == ["pleural_effusion"]
+    ((view, geometry),), ((plain, _),) = load_study(tmp_path / "with"), load_study(tmp_path / "without")
+    targets = slice_targets(geometry, view.pixels.shape[0], NAMES, {"pleural_effusion": 1}, [], cuts).numpy()
+    marked = targets[:, NAMES.index("pleural_effusion")]
+    changed = np.abs(view.pixels - plain.pixels).reshape(view.pixels.shape[0], -1).max(axis=1) > 50
+    positions = np.asarray(geometry.positions)
+    assert (marked == 1).sum() >= 2 and (marked == 0).sum() >= 8
+    assert changed[marked == 1].all() and not changed[marked == 0].any()
+    assert geometry.normal[0] != 0 and (positions[marked == 1] * np.sign(geometry.normal[0]) < 0).all()
