@@ -73,7 +73,7 @@ from models.training.stages import (
     stage3a_findings,
 )
 
-MODEL_VERSION = "4"
+MODEL_VERSION = "5"
 #: findings whose side is read from the token that shows them (`MsVlmConfig.token_side_findings`)
 #: whenever the token head is trained: the lungs lie either side of the body's midline. Not the
 #: liver lesion (the liver's left lobe reaches across the midline) nor a rectal wall (its side is
