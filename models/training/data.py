@@ -327,6 +327,7 @@ class StudyRecord:
 
 
 def _answer_key(folder: Path) -> dict[str, Any] | None:
+    """The study's phantom answer key (`truth.json`) as parsed JSON, None when it has none."""
     path = folder / "truth.json"
     if not path.is_file():
         return None
@@ -412,12 +413,12 @@ def slice_targets(
     they show it would teach it to fire on normal-looking liver. A present one whose slices
     the answer key lists for this series (`cuts`: the effusion) shows on the slices that
     hold at least `SHOWN_PIXELS` of it, not on those that cut none of it, and a slice that
-    only grazes it stays unknown. A present one
-    that nothing locates (a diffuse finding such as cardiomegaly, or any finding of a dataset without an
-    answer key) counts on every slice: a weak label, but the one that teaches the encoder
-    what such a study looks like; left unknown, those findings would only ever be seen as
-    negatives. A finding the study does not annotate stays unknown. The view's positions
-    are resampled like its pixels when the processor changed the count.
+    only grazes it stays unknown. A present one that nothing locates (a diffuse finding such
+    as cardiomegaly, or any finding of a dataset without an answer key) counts on every
+    slice: a weak label, but the one that teaches the encoder what such a study looks like;
+    left unknown, those findings would only ever be seen as negatives. A finding the study
+    does not annotate stays unknown. The view's positions are resampled like its pixels
+    when the processor changed the count.
     """
     positions = torch.tensor(geometry.positions, dtype=torch.float64)
     if positions.numel() != slices:
@@ -460,10 +461,17 @@ def _cut_targets(
     """One finding's column of `slice_targets` from the slices that cut it (`finding_cuts`):
     1 on a slice within half a spacing of a cut of at least `SHOWN_PIXELS`, -1 of a smaller
     cut, else 0."""
-    out = torch.zeros(positions.numel(), dtype=torch.float32)
+    shown = torch.zeros(positions.numel(), dtype=torch.bool)
+    grazed = torch.zeros(positions.numel(), dtype=torch.bool)
     for point, pixels in cuts:
         near = (positions - float(torch.tensor(point, dtype=torch.float64) @ normal)).abs() <= spacing / 2
-        out[near] = torch.where(out[near] == 1.0, 1.0, 1.0 if pixels >= SHOWN_PIXELS else -1.0)
+        if pixels >= SHOWN_PIXELS:
+            shown |= near
+        else:
+            grazed |= near
+    out = torch.zeros(positions.numel(), dtype=torch.float32)
+    out[grazed] = -1.0
+    out[shown] = 1.0
     return out
 
 
