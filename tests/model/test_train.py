@@ -28,7 +28,9 @@ SCHEDULE = replace(
     lm_warmup=StageSettings(epochs=2, lr=5e-3, batch_size=2),
     align=StageSettings(epochs=2, lr=3e-3, batch_size=2),
     tune=StageSettings(epochs=4, lr=5e-3, batch_size=2, warmup_fraction=0.0),
-    findings=StageSettings(epochs=4, lr=3e-3, batch_size=2, warmup_fraction=0.0),
+    # all four studies in one batch: the attention loss is a mean over the batch's located
+    # findings, so epochs batched differently would not be comparable
+    findings=StageSettings(epochs=4, lr=3e-3, batch_size=4, warmup_fraction=0.0),
 )
 
 
