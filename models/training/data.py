@@ -373,17 +373,19 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
     return regions
 
 
-#: finding -> series instance UID -> the slices that cut it: (ImagePositionPatient, pixels)
-FindingCuts = Mapping[str, Mapping[str, Sequence[tuple[tuple[float, float, float], int]]]]
+#: one slice that cuts a placed finding: its ImagePositionPatient and the finding's pixels on it
+Cut = tuple[tuple[float, float, float], int]
+#: finding -> series instance UID -> the slices that cut it
+FindingCuts = Mapping[str, Mapping[str, Sequence[Cut]]]
 
 
-def finding_cuts(folder: Path) -> dict[str, dict[str, list[tuple[tuple[float, float, float], int]]]]:
+def finding_cuts(folder: Path) -> dict[str, dict[str, list[Cut]]]:
     """The slices of each view series that cut a placed finding (the effusion), from the
     study's phantom answer key (`finding_slices`); empty without a key."""
     truth = _answer_key(folder)
     if truth is None:
         return {}
-    out: dict[str, dict[str, list[tuple[tuple[float, float, float], int]]]] = {}
+    out: dict[str, dict[str, list[Cut]]] = {}
     try:
         for series in truth.get("series", []):
             for key, cuts in (series.get("finding_slices") or {}).items():
@@ -456,7 +458,7 @@ def _cut_targets(
     positions: torch.Tensor,
     normal: torch.Tensor,
     spacing: float,
-    cuts: Sequence[tuple[tuple[float, float, float], int]],
+    cuts: Sequence[Cut],
 ) -> torch.Tensor:
     """One finding's column of `slice_targets` from the slices that cut it (`finding_cuts`):
     1 on a slice within half a spacing of a cut of at least `SHOWN_PIXELS`, -1 of a smaller
