@@ -95,7 +95,8 @@ class _Body:
         clips: tuple[tuple[Vec3, float], ...] = (),
     ) -> None:
         scaled = self.planes(clips)
-        self.shapes.append(ellipsoid(self.v(c), self.v(semi), int(t), axes=axes or rotation(), clips=scaled))
+        size = (semi[0] * self.s, semi[1] * self.s, semi[2] * self.s)  # scaled, never moved
+        self.shapes.append(ellipsoid(self.v(c), size, int(t), axes=axes or rotation(), clips=scaled))
 
     def cyl(
         self,

@@ -26,6 +26,7 @@ from models.phantom import (
     write_dataset,
     write_study,
 )
+from models.phantom.anatomy import build_ct, build_mr
 from models.phantom.cli import main, parse_finding
 from models.phantom.report import ct_report, mr_report
 from models.phantom.study import patient_offset
@@ -297,6 +298,33 @@ def test_position_jitter_moves_the_patient_with_its_findings(ct_study: Generated
     assert _value(axial, after.landmarks["liver"], 1) > 60  # venous liver where the moved liver is
     unmoved = _series(ct_study, phase="venous", plane="axial").datasets
     assert _value(unmoved, nodule) < _value(unmoved, _finding_center(before, "lung_nodule")) - 150
+
+
+@pytest.mark.parametrize(
+    ("build", "keys"),
+    [
+        (build_ct, ("lung_nodule", "pleural_effusion", "cardiomegaly", "liver_lesion", "lymphadenopathy")),
+        (build_mr, ("rectal_lesion", "lymphadenopathy")),
+    ],
+)
+def test_moving_the_patient_moves_every_solid_and_resizes_none(build: object, keys: tuple[str, ...]) -> None:
+    """Off the isocentre the same patient is built: each solid's centre and clip planes move by
+    the offset, its size does not. An ellipsoid once took the offset into its semi-axes too, so
+    a patient 10 mm off had lungs, liver and heart up to 10 mm larger or smaller."""
+    assert callable(build)
+    offset = np.array([9.0, -7.0, 4.0])
+    findings = [Finding(key, {}) for key in keys]
+    still = build(findings, np.random.default_rng(3))
+    moved = build(findings, np.random.default_rng(3), tuple(offset))
+    assert len(still.shapes) == len(moved.shapes) > 20
+    for a, b in zip(still.shapes, moved.shapes, strict=True):
+        assert (a.kind, a.tissue) == (b.kind, b.tissue)
+        np.testing.assert_allclose(b.axes, a.axes, atol=1e-9)
+        np.testing.assert_allclose(b.semi, a.semi, atol=1e-9)
+        np.testing.assert_allclose(b.center, np.asarray(a.center) + offset, atol=1e-9)
+        for (normal, d), (normal_b, d_b) in zip(a.clips, b.clips, strict=True):
+            np.testing.assert_allclose(normal_b, normal, atol=1e-9)
+            assert d_b == pytest.approx(d + float(np.dot(normal, offset)))
 
 
 def test_contrast_tags_and_timing(ct_study: GeneratedStudy) -> None:
