@@ -75,10 +75,11 @@ from models.training.stages import (
 
 MODEL_VERSION = "5"
 #: findings whose side is read from the token that shows them (`MsVlmConfig.token_side_findings`)
-#: whenever the token head is trained: the lungs lie either side of the body's midline. Not the
-#: liver lesion (the liver's left lobe reaches across the midline) nor a rectal wall (its side is
-#: the rectum's, which lies on the midline)
-TOKEN_SIDE_FINDINGS = ("lung_nodule",)
+#: whenever the token head is trained: the lungs and pleurae lie either side of the body's
+#: midline (an effusion is placed by its centroid when it is on one side; "bilateral" stays the
+#: site head's call). Not the liver lesion (the liver's left lobe reaches across the midline)
+#: nor a rectal wall (its side is the rectum's, which lies on the midline)
+TOKEN_SIDE_FINDINGS = ("lung_nodule", "pleural_effusion")
 FINDINGS_FILE = "findings.json"
 TRAINING_FILE = "training.json"
 
@@ -210,14 +211,15 @@ def train_msvlm(
     return logs
 
 
-def _token_head_trained(schedule: Schedule, encoder_from: Path | None) -> bool:
-    """Whether the model will have a trained token head: stage 0b trains one with its token
-    loss, or the slice encoder comes from a model that has one (`load_slice_encoder`)."""
+def _token_side_findings(schedule: Schedule, encoder_from: Path | None) -> list[str]:
+    """The findings whose side the model's token head can read: `TOKEN_SIDE_FINDINGS` when
+    stage 0b trains it with its token loss, else those of the model the slice encoder comes
+    from (`load_slice_encoder`), whose head learnt only those; none without a token head."""
     if schedule.slice_findings is not None and schedule.slice_token_weight > 0:
-        return True
+        return list(TOKEN_SIDE_FINDINGS)
     if encoder_from is None:
-        return False
-    return bool(json.loads((encoder_from / "config.json").read_text()).get("token_side_findings"))
+        return []
+    return list(json.loads((encoder_from / "config.json").read_text()).get("token_side_findings") or [])
 
 
 def load_slice_encoder(model: MsVlmForReportGeneration, folder: Path) -> None:
@@ -384,8 +386,9 @@ def train(
             print(log.line(), flush=True)
     else:
         assert isinstance(config, MsVlmConfig)
-        if _token_head_trained(schedule, encoder_from):
-            config.token_side_findings = list(TOKEN_SIDE_FINDINGS)
+        sided = _token_side_findings(schedule, encoder_from)
+        if sided:
+            config.token_side_findings = sided
             config.check()
         model = MsVlmForReportGeneration(config)
         if encoder_from is not None:

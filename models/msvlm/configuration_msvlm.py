@@ -315,17 +315,19 @@ class MsVlmConfig(ReportModelConfig):
     #: finding highest, and the side of the body's midline that token lies on, in patient
     #: coordinates from each view's ImageOrientationPatient, restricts the site head's choice.
     #: Why: the site head learnt where the training images put a finding, and put 6 of 22
-    #: held-out nodules on the wrong side (README "Which side"). None or empty: no token head
+    #: held-out nodules on the wrong side (README "Which side"). A site on neither side
+    #: ("bilateral") is never ruled out: the side read says where the finding is plainest, the
+    #: site head whether it is on both. None or empty: no token head
     token_side_findings: list[str] | None = None
 
     def _check_token_sides(self) -> None:
         for key in self.token_side_findings or []:
             sites = self.sites_of(key)
             _require(bool(sites), f"token_side_findings names {key!r}, which has no finding_sites")
-            sideless = [s for s in sites if site_side(s) is None]
+            # a sideless site ("bilateral") stays the site head's choice beside the sided ones
             _require(
-                not sideless,
-                f"token_side_findings names {key!r}, whose sites {sideless} do not start with right or left",
+                any(site_side(s) is not None for s in sites),
+                f"token_side_findings names {key!r}, none of whose sites {sites} starts with right or left",
             )
 
     @property

@@ -133,6 +133,18 @@ def _jitter(rng: np.random.Generator, amount: float) -> np.ndarray:
     return rng.uniform(-amount, amount, size=3)
 
 
+def _lung_base_centroid(c: Vec3, semi: Vec3, *, y_from: float, z_to: float) -> np.ndarray:
+    """Centroid (body mm) of the part of an axis-aligned ellipsoid behind `y_from` and below
+    `z_to`: where a unilateral effusion lies, so that the answer key can say where in each
+    slice to look for it (`center_lps_mm`). A convex solid, so the centroid lies inside it.
+    Found on a 64-point grid per axis: exact enough (under a millimetre) and deterministic."""
+    axis = (np.arange(64) + 0.5) / 32 - 1.0
+    u, v, w = np.meshgrid(axis, axis, axis, indexing="ij")
+    points = np.stack([u, v, w], axis=-1) * np.asarray(semi) + np.asarray(c)
+    inside = (u**2 + v**2 + w**2 <= 1.0) & (points[..., 1] >= y_from) & (points[..., 2] <= z_to)
+    return np.asarray(points[inside].mean(axis=0))
+
+
 def _round3(v: np.ndarray | Sequence[float]) -> list[float]:
     return [round(float(x), 1) for x in v]
 
@@ -168,7 +180,12 @@ def build_ct(
             y0 = c[1] + semi[1] - depth
             effusion_level[name] = b.p(0.0, y0, 0.0)[1]
             b.ell(c, semi, T.EFFUSION, clips=(((0.0, -1.0, 0.0), -y0), ((0.0, 0.0, 1.0), c[2] + 20)))
-        planted.append(Finding("pleural_effusion", {**effusion.attributes, "depth_mm": depth}))
+        planted_attributes = {**effusion.attributes, "depth_mm": depth}
+        if side != "bilateral":
+            c, semi = lungs[side]
+            centre = _lung_base_centroid(c, semi, y_from=c[1] + semi[1] - depth, z_to=c[2] + 20)
+            planted_attributes["center_lps_mm"] = _round3(b.v(centre))
+        planted.append(Finding("pleural_effusion", planted_attributes))
     b.cap((0, -12, 200), (0, -8, 125), 9, T.AIRWAY)
     b.cap((0, -8, 125), (-38, -2, 105), 6, T.AIRWAY)
     b.cap((0, -8, 125), (36, -2, 100), 6, T.AIRWAY)

@@ -236,12 +236,14 @@ class ViewGeometry:
 
 @dataclass(frozen=True)
 class FindingRegion:
-    """A focal finding located in patient coordinates: slices within `radius_mm` show it,
-    in the series where it is plain enough to see (`snr_by_series`; all when empty)."""
+    """A finding located in patient coordinates. A focal one: slices within `radius_mm` show
+    it, in the series where it is plain enough to see (`snr_by_series`; all when empty). A
+    placed one (a unilateral effusion) has no radius: the answer key lists the slices that cut
+    it (`finding_cuts`), and its centre only says where in them it lies (`finding_places`)."""
 
     key: str
     center_lps_mm: tuple[float, float, float]
-    radius_mm: float
+    radius_mm: float | None
     #: series instance UID -> the finding's matched-filter SNR in that series
     snr_by_series: Mapping[str, float] = field(default_factory=dict)
 
@@ -344,7 +346,8 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
     """Focal findings located by the study's phantom answer key (`truth.json`), if it has one.
 
     Nodules and liver lesions extend half their size from their centre; a lymph node
-    conglomerate about 0.7 of its short axis (measured against the phantom's raster). Each
+    conglomerate about 0.7 of its short axis (measured against the phantom's raster); a
+    unilateral effusion has a centroid and no radius (`FindingRegion`). Each
     view series of the key says how plainly it shows each finding (`finding_snr`). Real
     datasets have no such key: their present findings count on every slice (`slice_targets`).
     """
@@ -361,9 +364,10 @@ def finding_regions(folder: Path) -> list[FindingRegion]:
             attributes = finding.get("attributes") or {}
             if not finding.get("present") or "center_lps_mm" not in attributes:
                 continue
+            radius: float | None = None
             if "short_axis_mm" in attributes:
                 radius = 0.7 * float(attributes["short_axis_mm"])
-            else:
+            elif "size_mm" in attributes:
                 radius = float(attributes["size_mm"]) / 2
             x, y, z = (float(v) for v in attributes["center_lps_mm"])
             key = str(finding["key"])
@@ -429,7 +433,8 @@ def slice_targets(
     spacing = float((positions[1:] - positions[:-1]).abs().mean()) if slices > 1 else 0.0
     normal = torch.tensor(geometry.normal, dtype=torch.float64)
     out = torch.full((slices, len(finding_labels)), -1.0)
-    located = {region.key: region for region in regions}
+    # focal findings and their radii; a placed one (no radius) takes its slices from `cuts`
+    located = {region.key: (region, region.radius_mm) for region in regions if region.radius_mm is not None}
     series_cuts = {
         key: by_series[geometry.series_instance_uid]
         for key, by_series in (cuts or {}).items()
@@ -444,13 +449,13 @@ def slice_targets(
         elif label == 1 and key not in located:
             out[:, j] = 1.0
         elif label == 1:
-            region = located[key]
+            region, radius = located[key]
             distance = (
                 positions - float(torch.tensor(region.center_lps_mm, dtype=torch.float64) @ normal)
             ).abs()
             if region.shown_in(geometry.series_instance_uid):
-                out[distance <= region.radius_mm, j] = 1.0
-            out[distance > region.radius_mm + spacing, j] = 0.0
+                out[distance <= radius, j] = 1.0
+            out[distance > radius + spacing, j] = 0.0
     return out
 
 

@@ -143,6 +143,11 @@ def test_constrain_sites_keeps_the_read_side_only() -> None:
     one_sided = site_sides([["right upper lobe", "right lower lobe"]], {0}, 2)
     kept = constrain_sites(torch.ones(1, 1, 2), torch.tensor([[1]]), one_sided, fill)
     assert torch.equal(kept, torch.ones(1, 1, 2))
+    # an effusion read on the right keeps "right" and "bilateral", loses "left"
+    both = site_sides(names, {0, 1}, 5)
+    assert both[1].tolist() == [0, 1, -1, -1, -1]
+    effusion = constrain_sites(logits, torch.tensor([[UNKNOWN_SIDE, 0]]), both, fill)
+    assert effusion[0, 1].tolist() == [5.0, fill, 7.0, 8.0, 9.0]
 
 
 def _config(tiny_config: MsVlmConfig, **changes: object) -> MsVlmConfig:
@@ -151,8 +156,11 @@ def _config(tiny_config: MsVlmConfig, **changes: object) -> MsVlmConfig:
 
 
 def test_config_refuses_findings_without_sided_sites(tiny_config: MsVlmConfig) -> None:
-    with pytest.raises(MsVlmConfigError, match="bilateral"):
-        _config(tiny_config, token_side_findings=["pleural_effusion"])
+    sides = {**SITES, "lymphadenopathy": ["mediastinal", "retroperitoneal"]}
+    with pytest.raises(MsVlmConfigError, match="none of whose sites"):
+        _config(tiny_config, finding_sites=sides, token_side_findings=["lymphadenopathy"])
+    accepted = _config(tiny_config, token_side_findings=["lung_nodule", "pleural_effusion"])
+    assert accepted.token_side_findings == ["lung_nodule", "pleural_effusion"]  # "bilateral" too
     with pytest.raises(MsVlmConfigError, match="no finding_sites"):
         _config(tiny_config, token_side_findings=["cardiomegaly"])
     assert MsVlmForReportGeneration(_config(tiny_config, token_side_findings=None)).token_head is None

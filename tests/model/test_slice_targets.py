@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models.phantom import Finding, PhantomSpec
 from models.phantom.study import write_study
@@ -241,3 +242,36 @@ def test_a_right_effusion_is_taught_on_the_right_sagittal_slices_that_cut_it(tmp
     assert (marked == 1).sum() >= 2 and (marked == 0).sum() >= 8
     assert changed[marked == 1].all() and not changed[marked == 0].any()
     assert geometry.normal[0] != 0 and (positions[marked == 1] * np.sign(geometry.normal[0]) < 0).all()
+
+
+def test_a_unilateral_effusion_is_placed_where_its_fluid_lies(tmp_path: Path) -> None:
+    """The answer key's centroid of a left effusion places it, within a token of an 8 x 8
+    grid, at the middle of the pixels it changes on every slice taught to show it, in each
+    plane; its slices still come from the cuts, not from a radius. A bilateral effusion has
+    no one place, so nothing places it."""
+    effusion = Finding("pleural_effusion", {"side": "left", "size": "large"})
+    spec = _small_ct(("axial", "coronal", "sagittal"), ("venous",), 9, effusion)
+    write_study(spec, tmp_path / "with")
+    write_study(replace(spec, findings=()), tmp_path / "without")
+    (region,) = finding_regions(tmp_path / "with")
+    assert region.key == "pleural_effusion" and region.radius_mm is None
+    cuts = finding_cuts(tmp_path / "with")
+    column = NAMES.index("pleural_effusion")
+    checked = 0
+    for (view, geometry), (plain, _) in zip(
+        load_study(tmp_path / "with"), load_study(tmp_path / "without"), strict=True
+    ):
+        labels = {"pleural_effusion": 1}
+        targets = slice_targets(geometry, view.pixels.shape[0], NAMES, labels, [region], cuts)
+        assert torch.equal(targets, slice_targets(geometry, view.pixels.shape[0], NAMES, labels, [], cuts))
+        across, down = finding_places(geometry, NAMES, [region])[column].tolist()
+        side = max(view.pixels.shape[1:])
+        for k in (targets[:, column] == 1).nonzero().flatten().tolist():
+            rows, columns = np.nonzero(np.abs(view.pixels[k] - plain.pixels[k]) > 50)
+            assert abs((columns.mean() + 0.5) / side - across) < 1 / 8, (view.view_key, k)
+            assert abs((rows.mean() + 0.5) / side - down) < 1 / 8, (view.view_key, k)
+            checked += 1
+    assert checked >= 6
+    bilateral = replace(spec, findings=(Finding("pleural_effusion", {"side": "bilateral"}),))
+    write_study(bilateral, tmp_path / "bilateral")
+    assert finding_regions(tmp_path / "bilateral") == []

@@ -15,7 +15,7 @@ from models.baseline3d import Baseline3dForReportGeneration
 from models.msvlm import MsVlmForReportGeneration, ReportGenerator
 from models.msvlm.presets import vit_config
 from models.phantom import FINDINGS
-from models.train import main, seed_everything, train
+from models.train import TOKEN_SIDE_FINDINGS, main, seed_everything, train
 from models.training.data import epoch_order, make_phantoms
 from models.training.dino import train_dino
 from models.training.stages import StageSettings, schedule_for
@@ -102,7 +102,8 @@ def test_encoder_from_trains_stages_1_to_3_on_a_saved_slice_encoder(dataset: Pat
     head_a = MsVlmForReportGeneration.from_pretrained(first).token_head
     head_b = MsVlmForReportGeneration.from_pretrained(second).token_head
     assert head_a is not None and head_b is not None and torch.equal(head_a.weight, head_b.weight)
-    assert json.loads((second / "config.json").read_text())["token_side_findings"] == ["lung_nodule"]
+    sided = [json.loads((run / "config.json").read_text())["token_side_findings"] for run in (first, second)]
+    assert sided == [list(TOKEN_SIDE_FINDINGS)] * 2
     # --slice-passes continues stage 0b on the loaded encoder (with the place and token losses,
     # here with the patch tokens' maximum pooled in); DINO stays skipped
     third = tmp_path / "third"

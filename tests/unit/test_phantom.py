@@ -261,6 +261,11 @@ def test_findings_change_pixels_where_planted(ct_study: GeneratedStudy) -> None:
     for plane in ("axial", "coronal", "sagittal"):
         datasets = _series(ct_study, phase="venous", plane=plane).datasets
         assert _value(datasets, nodule) > _value(datasets, truth.landmarks["right_lung"]) + 150
+    effusion = _finding_center(truth, "pleural_effusion")  # the left effusion's centroid
+    assert effusion[0] > 40  # patient's left (LPS +x), in the lung's dependent part
+    for plane in ("axial", "coronal", "sagittal"):
+        datasets = _series(ct_study, phase="venous", plane=plane).datasets
+        assert -30 < _value(datasets, effusion) < 60  # fluid, where the lung would be air
     normal = generate_study(
         PhantomSpec(
             seed=7,
