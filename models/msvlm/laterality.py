@@ -3,11 +3,13 @@
 A radiologist finds the nodule, then says which lung it is in; the site head instead reads a
 lobe from the finding's pooled vector, and learnt where the training images put a finding
 rather than which side of the body it is on (README "Which side"). Here the slice encoder's
-token head (`MsVlmConfig.token_side_findings`) picks the slice and patch token that score a
-finding highest; the side is where that token lies against the body's midline in that slice,
-turned into patient coordinates by the view's ImageOrientationPatient, so a mirrored or
-prone acquisition reads the same side as a standard one. That side then restricts the site
-head's choice to the sites on it (`constrain_sites`): the head still picks the lobe.
+token head (`MsVlmConfig.token_side_findings`) scores every patch token of every slice; the
+body's midline in each slice, turned into patient coordinates by the view's
+ImageOrientationPatient, splits those tokens into the patient's right and left, so a mirrored
+or prone acquisition reads the same side as a standard one. The side whose best token scores
+higher is the finding's side, or both when each side's best token shows it (a bilateral
+effusion). That side then restricts the site head's choice to the sites on it
+(`constrain_sites`): the head still picks the lobe.
 
 Everything here is a pure tensor function, so it can be tested on made-up scores.
 """
@@ -18,7 +20,7 @@ import math
 
 import torch
 
-from .configuration_msvlm import site_side
+from .configuration_msvlm import SIDES, site_side
 
 #: the share of the way from a slice's darkest to its brightest value above which a pixel is
 #: body: air and lung (about 0.08 and 0.11 of the demo windows' mean, mean of three channels)
@@ -29,6 +31,15 @@ BODY_LEVEL = 0.25
 LATERAL_COSINE = 0.5
 #: `sides` value where no side is read
 UNKNOWN_SIDE = -1
+#: `sides` value of a finding read on both sides, and `site_sides` value of a site on both
+BOTH_SIDES = 2
+#: names of the `sides` values 0, 1 and `BOTH_SIDES`, as a job's result records them
+SIDE_NAMES: tuple[str, ...] = (*SIDES, "both")
+#: a token head logit at or above which a finding shows (probability 0.5): a finding that may
+#: lie on both sides lies on both when the best token of each side reaches it. On the
+#: validation phantoms (version 6) the other side of a unilateral effusion scored at most -0.7,
+#: each side of a bilateral one at least 5.3
+BOTH_LOGIT = 0.0
 
 
 def body_centre(slices: torch.Tensor) -> torch.Tensor:
@@ -47,62 +58,86 @@ def body_centre(slices: torch.Tensor) -> torch.Tensor:
     return torch.where((count > 0).unsqueeze(-1), centre, torch.full_like(centre, 0.5))
 
 
-def token_offsets(token_logits: torch.Tensor, slices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per slice and finding, the best patch token's score and where it lies against the body.
+def token_halves(token_logits: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
+    """Per slice and finding, the best patch token's logit in each half of the slice.
 
     `token_logits` (n, T, F) score the T patch tokens of a square grid (row by row, as the ViT
-    orders them) of the `slices` (n, C, S, S). Returns the best token's logit (n, F) and the
-    offset (n, F, 2) of its centre from `body_centre`, (across, down) as fractions of the slice.
+    orders them) of the `slices` (n, C, S, S). Returns (n, F, 4): the best logit among the
+    tokens whose centre lies before and after `body_centre` across the slice, then above and
+    below it; -inf where no token does (a token on the centre line lies in neither half).
+    Why halves, not the one best token: a finding on both sides (a bilateral effusion) lights
+    a token on each, and only the best of each side says so (`sides`).
     """
     grid = math.isqrt(token_logits.shape[1])
     if grid * grid != token_logits.shape[1]:
         raise ValueError(f"{token_logits.shape[1]} patch tokens do not make a square grid")
-    scores, best = token_logits.float().max(dim=1)
-    places = torch.stack([best % grid, torch.div(best, grid, rounding_mode="floor")], dim=-1)
-    places = (places.float() + 0.5) / grid
-    return scores, places - body_centre(slices).unsqueeze(1)
+    axis = (torch.arange(grid, device=token_logits.device, dtype=torch.float32) + 0.5) / grid
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    centres = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # (T, 2) as (across, down)
+    offsets = centres.unsqueeze(0) - body_centre(slices).unsqueeze(1)  # (n, T, 2)
+    logits = token_logits.float()
+    halves = []
+    for dim in (0, 1):
+        for inside in (offsets[..., dim] < 0, offsets[..., dim] > 0):
+            halves.append(logits.masked_fill(~inside.unsqueeze(-1), -math.inf).amax(dim=1))
+    return torch.stack(halves, dim=-1)
 
 
 def sides(
-    scores: torch.Tensor,
-    offsets: torch.Tensor,
+    halves: torch.Tensor,
     orientations: torch.Tensor,
     findings: torch.Tensor,
+    bilateral: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, F) side of each finding in `findings`: 0 the patient's right, 1 the left, -1 unknown.
+    """(B, F) side of each finding in `findings`: 0 the patient's right, 1 the left,
+    `BOTH_SIDES`, -1 unknown.
 
-    `scores` (B, V, Z, F) and `offsets` (B, V, Z, F, 2) come from `token_offsets`, with scores
-    of -inf for padding slices; `orientations` (B, V, 6) hold each view's
-    ImageOrientationPatient (row then column direction cosines, patient LPS, whose x points to
-    the patient's left), zeros where unknown; `findings` (F,) bool selects the findings to read.
-    The finding's best-scoring token over every slice of the views that tell left from right
-    decides; the side is unknown when no such view exists or the token lies on the midline.
+    `halves` (B, V, Z, F, 4) come from `token_halves`, -inf on padding slices; `orientations`
+    (B, V, 6) hold each view's ImageOrientationPatient (row then column direction cosines,
+    patient LPS, whose x points to the patient's left), zeros where unknown; `findings` (F,)
+    bool selects the findings to read, `bilateral` (F,) those that may lie on both sides.
+    In each view that tells left from right, the in-plane direction closest to the patient's
+    left-right axis splits its tokens into the patient's right and left; over all such views
+    and slices, the side whose best token scores higher decides. A finding that may lie on
+    both sides does when the best token of each side scores `BOTH_LOGIT` or more. The side is
+    unknown when no such view exists or both sides score alike (a token on the midline).
     """
     leftward = orientations.float()[..., [0, 3]]  # (B, V, 2): x of the across and down directions
+    axis = leftward.abs().argmax(dim=-1)  # (B, V)
     lateral = leftward.abs().amax(dim=-1) >= LATERAL_COSINE
-    masked = scores.float().masked_fill(~lateral[:, :, None, None], -math.inf)  # (B, V, Z, F)
-    batch, views, depth, labels = masked.shape
-    flat = masked.reshape(batch, views * depth, labels)
-    best, where = flat.max(dim=1)  # (B, F)
-    view = torch.div(where, depth, rounding_mode="floor")
-    chosen = offsets.float().reshape(batch, views * depth, labels, 2)
-    offset = chosen.gather(1, where[:, None, :, None].expand(-1, 1, -1, 2)).squeeze(1)  # (B, F, 2)
-    direction = leftward.gather(1, view.unsqueeze(-1).expand(-1, -1, 2))  # (B, F, 2)
-    toward_left = (offset * direction).sum(dim=-1)
-    side = torch.where(toward_left > 0, 1, 0)
-    known = torch.isfinite(best) & (toward_left != 0) & findings.to(best.device).unsqueeze(0)
+    toward_left = leftward.gather(-1, axis.unsqueeze(-1)).squeeze(-1) > 0  # the axis runs leftward
+    # (B, V, 1, 1) index of each half among the four: before/after across, above/below down
+    after = (2 * axis + 1)[:, :, None, None]
+    before = (2 * axis)[:, :, None, None]
+    left_half = torch.where(toward_left[:, :, None, None], after, before)
+    right_half = torch.where(toward_left[:, :, None, None], before, after)
+    hidden = ~lateral[:, :, None, None]
+
+    def best(half: torch.Tensor) -> torch.Tensor:
+        index = half.unsqueeze(-1).expand(*halves.shape[:-1], 1)
+        scores = halves.float().gather(-1, index).squeeze(-1).masked_fill(hidden, -math.inf)
+        return scores.amax(dim=(1, 2))  # (B, F)
+
+    left, right = best(left_half), best(right_half)
+    side = torch.where(left > right, 1, 0)
+    known = torch.maximum(left, right).isfinite() & (left != right) & findings.to(left.device).unsqueeze(0)
+    if bilateral is not None:
+        both = bilateral.to(left.device).unsqueeze(0) & (torch.minimum(left, right) >= BOTH_LOGIT)
+        side = torch.where(both, BOTH_SIDES, side)
     return torch.where(known, side, UNKNOWN_SIDE)
 
 
 def site_sides(sites: list[list[str]], findings: set[int], width: int) -> torch.Tensor:
     """(F, width) side of each finding's sites (`configuration_msvlm.site_side`), -1 where the
-    finding is not read by its token or the slot holds no site."""
+    finding is not read by its token or the slot holds no site. A read finding's site on
+    neither side ("bilateral") is `BOTH_SIDES`: a finding whose side a token reads lies on
+    one side, the other or both."""
     out = torch.full((len(sites), width), UNKNOWN_SIDE, dtype=torch.long)
     for j, names in enumerate(sites):
         if j in findings:
             for s, name in enumerate(names):
                 side = site_side(name)
-                out[j, s] = UNKNOWN_SIDE if side is None else side
+                out[j, s] = BOTH_SIDES if side is None else side
     return out
 
 
@@ -111,8 +146,10 @@ def constrain_sites(
 ) -> torch.Tensor:
     """Set to `fill` the (B, F, S) site logits of sites not on the finding's read side.
 
-    `finding_sides` (B, F) from `sides`, `sides_of_sites` (F, S) from `site_sides`. A finding
-    whose side is unknown, or with no site on the side read, keeps its logits.
+    `finding_sides` (B, F) from `sides`, `sides_of_sites` (F, S) from `site_sides`: a finding
+    read on one side keeps the sites on that side, one read on both its sites on both
+    ("bilateral"). A finding whose side is unknown, or with no site on the side read, keeps
+    its logits.
     """
     sides_of_sites = sides_of_sites.to(site_logits.device)
     read = finding_sides.unsqueeze(-1)  # (B, F, 1)

@@ -96,9 +96,9 @@ class MsVlmForReportGeneration(ReportModelBase):
 
     def encode_views_with_tokens(
         self, pixel_values: torch.Tensor, slice_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Slice embeddings and, with a token head, each slice's best token per finding: its
-        logit (-inf on padding) and offset from the body's centre (`laterality.token_offsets`).
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Slice embeddings and, with a token head, each slice's best token logit per finding
+        in each half of the slice (`laterality.token_halves`; -inf on padding).
 
         Valid slices are gathered one chunk at a time, so no second copy of the study's
         pixels is made on the device.
@@ -108,25 +108,18 @@ class MsVlmForReportGeneration(ReportModelBase):
         valid = mask.flatten().nonzero().squeeze(1)
         width = self.config.vision.hidden_size
         out = flat_pixels.new_zeros((flat_pixels.shape[0], width), dtype=self.vision_model.dtype)
-        scores = offsets = None
+        halves = None
         if self.token_head is not None:
             labels = self.token_head.out_features
-            scores = flat_pixels.new_full((flat_pixels.shape[0], labels), -torch.inf, dtype=torch.float32)
-            offsets = flat_pixels.new_zeros((flat_pixels.shape[0], labels, 2), dtype=torch.float32)
+            halves = flat_pixels.new_full((flat_pixels.shape[0], labels, 4), -torch.inf, dtype=torch.float32)
         for index in valid.split(self.config.slice_chunk_size):
             slices = flat_pixels[index]
             states = self.vision_model(pixel_values=slices).last_hidden_state
             out.index_copy_(0, index, self.slice_embedding(states).to(out.dtype))
-            if self.token_head is not None and scores is not None and offsets is not None:
-                best, offset = laterality.token_offsets(self.token_head(states[:, 1:]), slices)
-                scores.index_copy_(0, index, best)
-                offsets.index_copy_(0, index, offset)
+            if self.token_head is not None and halves is not None:
+                halves.index_copy_(0, index, laterality.token_halves(self.token_head(states[:, 1:]), slices))
         grid = mask.shape
-        return (
-            out.view(*grid, width),
-            None if scores is None else scores.view(*grid, -1),
-            None if offsets is None else offsets.view(*grid, -1, 2),
-        )
+        return out.view(*grid, width), None if halves is None else halves.view(*grid, -1, 4)
 
     # --- Z-former --------------------------------------------------------------------------
 
@@ -141,31 +134,30 @@ class MsVlmForReportGeneration(ReportModelBase):
         """Pixels or precomputed (B, V, Z, D_vision) slice features -> Z-former tokens."""
         if (pixel_values is None) == (slice_features is None):
             raise ValueError("pass exactly one of pixel_values and slice_features")
-        scores = offsets = None
+        halves = None
         if slice_features is None:
             assert pixel_values is not None
-            slice_features, scores, offsets = self.encode_views_with_tokens(pixel_values, slice_mask)
+            slice_features, halves = self.encode_views_with_tokens(pixel_values, slice_mask)
         packed = pack_views(slice_features, slice_mask, view_ids)
         output = self.zformer(packed.features, packed.view_ids, packed.positions, packed.mask)
-        return VisualEncoding(
-            tokens=output.last_hidden_state, mask=packed.mask, token_scores=scores, token_offsets=offsets
-        )
+        return VisualEncoding(tokens=output.last_hidden_state, mask=packed.mask, token_halves=halves)
 
     def sided_sites(
         self, encoding: VisualEncoding, site_logits: torch.Tensor, orientations: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """For `config.token_side_findings`, only the sites on the side of the body where the
         token head finds the finding keep their logits (`laterality`); the rest are as given."""
-        if encoding.token_scores is None or encoding.token_offsets is None:
+        if encoding.token_halves is None:
             return site_logits, None
         labels = list(self.config.finding_labels or [])
         read = {labels.index(key) for key in self.config.token_side_findings or []}
         selected = torch.tensor([j in read for j in range(len(labels))], device=site_logits.device)
-        finding_sides = laterality.sides(
-            encoding.token_scores, encoding.token_offsets, orientations.to(site_logits.device), selected
-        )
         sides_of_sites = laterality.site_sides(
             [self.config.sites_of(label) for label in labels], read, site_logits.shape[-1]
+        )
+        bilateral = (sides_of_sites == laterality.BOTH_SIDES).any(dim=-1)
+        finding_sides = laterality.sides(
+            encoding.token_halves, orientations.to(site_logits.device), selected, bilateral
         )
         constrained = laterality.constrain_sites(site_logits, finding_sides, sides_of_sites, NO_SITE_LOGIT)
         return constrained, finding_sides

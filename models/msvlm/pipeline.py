@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
-from .configuration_msvlm import SIDES
+from .laterality import SIDE_NAMES
 from .processing_msvlm import MsVlmProcessor, ViewInput
 from .report_model import ReportModelBase
 
@@ -55,8 +55,8 @@ class ReportOutput:
     a model without a site head.
 
     `image_sides` gives, for each of those findings whose side was read from the images (the
-    token that shows it and the views' orientation, `laterality`), that side ("right" or
-    "left"); its site in `sites` lies on it.
+    token that shows it and the views' orientation, `laterality`), that side ("right", "left"
+    or "both"); its site in `sites` lies on it.
     """
 
     text: str
@@ -198,7 +198,7 @@ class ReportGenerator:
                             float(site_probabilities[b, j, call]),
                         )
                         if read_sides is not None and read_sides[b][j] >= 0:
-                            image_sides[key] = SIDES[read_sides[b][j]]
+                            image_sides[key] = SIDE_NAMES[read_sides[b][j]]
             outputs.append(
                 ReportOutput(
                     text=text,

@@ -42,10 +42,8 @@ class VisualEncoding:
     tokens: torch.Tensor
     mask: torch.Tensor
     #: with a token head, from pixels only: per view, slice and finding the best patch token's
-    #: logit (B, V, Z, F) and its offset from the body's centre (B, V, Z, F, 2), as
-    #: `laterality.token_offsets` gives them
-    token_scores: torch.Tensor | None = None
-    token_offsets: torch.Tensor | None = None
+    #: logit in each half of the slice (B, V, Z, F, 4), as `laterality.token_halves` gives them
+    token_halves: torch.Tensor | None = None
 
 
 @dataclass
@@ -75,7 +73,7 @@ class MsVlmOutput(ModelOutput):
 class MsVlmGenerationOutput(ModelOutput):
     """sequences: generated token ids only (B, <= max_new_tokens); findings_logits (B, F);
     site_logits (B, F, S) with a site head; finding_sides (B, F) the side each finding was read
-    on from the images (`laterality.sides`: 0 right, 1 left, -1 not read), where one was."""
+    on from the images (`laterality.sides`: 0 right, 1 left, 2 both, -1 not read), where one was."""
 
     sequences: torch.Tensor | None = None
     findings_logits: torch.Tensor | None = None

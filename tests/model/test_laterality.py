@@ -24,12 +24,14 @@ from models.msvlm import (
 from models.msvlm.bridge import NO_SITE_LOGIT
 from models.msvlm.configuration_msvlm import MsVlmConfigError, site_side
 from models.msvlm.laterality import (
+    BOTH_LOGIT,
+    BOTH_SIDES,
     UNKNOWN_SIDE,
     body_centre,
     constrain_sites,
     sides,
     site_sides,
-    token_offsets,
+    token_halves,
 )
 from models.training.stages import StageSettings, slice_findings
 from tests.model.test_site_head import SITES
@@ -62,25 +64,40 @@ def test_body_centre_is_the_centre_of_the_bright_block() -> None:
     assert torch.allclose(body_centre(torch.zeros(1, 3, 16, 16)), torch.tensor([[0.5, 0.5]]))
 
 
-def test_token_offsets_are_the_best_tokens_place_against_the_body() -> None:
+def test_token_halves_are_the_best_tokens_either_side_of_the_body() -> None:
     slices = _slices((slice(0, 16), slice(4, 12)))  # body centred: across 0.5, down 0.5
     logits = torch.zeros(1, 16, 2)  # a 4x4 grid, two findings
-    logits[0, 7, 0] = 3.0  # row 1, column 3: (across 0.875, down 0.375)
-    logits[0, 8, 1] = 2.0  # row 2, column 0: (0.125, 0.625)
-    scores, offsets = token_offsets(logits, slices)
-    assert scores.tolist() == [[3.0, 2.0]]
-    assert torch.allclose(offsets, torch.tensor([[[0.375, -0.125], [-0.375, 0.125]]]))
+    logits[0, 7, 0] = 3.0  # row 1, column 3: (across 0.875, down 0.375): after across, above
+    logits[0, 8, 1] = 2.0  # row 2, column 0: (0.125, 0.625): before across, below
+    logits[0, 4, 1] = -1.0  # and every other token of finding 1 at 0 or below
+    logits[0, [0, 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15], 1] = -2.0
+    halves = token_halves(logits, slices)
+    assert halves.shape == (1, 2, 4)
+    assert halves[0, 0].tolist() == [0.0, 3.0, 3.0, 0.0]  # before, after across; above, below
+    assert halves[0, 1].tolist() == [2.0, -2.0, -1.0, 2.0]
     with pytest.raises(ValueError, match="square grid"):
-        token_offsets(torch.zeros(1, 15, 2), slices)
+        token_halves(torch.zeros(1, 15, 2), slices)
+
+
+def _halves(right: list[float], left: list[float]) -> torch.Tensor:
+    """(1, V, 1, 1, 4) halves of one-slice views: the best token before the body's centre
+    across the image scores `right` (the patient's right in a standard axial view), after it
+    `left`."""
+    views = len(right)
+    halves = torch.full((1, views, 1, 1, 4), -math.inf)
+    halves[0, :, 0, 0, 0] = torch.tensor(right)
+    halves[0, :, 0, 0, 1] = torch.tensor(left)
+    return halves
 
 
 def _read(orientations: list[tuple[float, ...]], scores: list[float], across: list[float]) -> int:
-    """The side read for one finding from views whose best token lies `across` the midline."""
-    views = len(orientations)
-    score = torch.tensor(scores).view(1, views, 1, 1)
-    offsets = torch.zeros(1, views, 1, 1, 2)
-    offsets[0, :, 0, 0, 0] = torch.tensor(across)
-    side = sides(score, offsets, torch.tensor([orientations]), torch.tensor([True]))
+    """The side read for one finding from views whose best token scores `scores` and lies
+    `across` the midline (its sign: after or before the body's centre; 0 on it)."""
+    halves = torch.full((1, len(orientations), 1, 1, 4), -math.inf)
+    for v, (score, offset) in enumerate(zip(scores, across, strict=True)):
+        if offset:
+            halves[0, v, 0, 0, 1 if offset > 0 else 0] = score
+    side = sides(halves, torch.tensor([orientations]), torch.tensor([True]))
     return int(side[0, 0])
 
 
@@ -102,18 +119,36 @@ def test_side_is_read_in_patient_coordinates() -> None:
 
 
 def test_side_is_read_down_a_coronal_view_turned_on_its_side() -> None:
-    # rows run head to foot, columns towards the patient's left: the down offset decides
+    # rows run head to foot, columns towards the patient's left: below the centre is the left
     turned = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0)
-    scores = torch.ones(1, 1, 1, 1)
-    offsets = torch.tensor([0.3, -0.2]).view(1, 1, 1, 1, 2)
-    assert int(sides(scores, offsets, torch.tensor([[turned]]), torch.tensor([True]))[0, 0]) == 0
+    halves = torch.tensor([5.0, 5.0, 1.0, -1.0]).view(1, 1, 1, 1, 4)  # across says nothing here
+    assert int(sides(halves, torch.tensor([[turned]]), torch.tensor([True]))[0, 0]) == 0
+    halves = torch.tensor([5.0, 5.0, -1.0, 1.0]).view(1, 1, 1, 1, 4)
+    assert int(sides(halves, torch.tensor([[turned]]), torch.tensor([True]))[0, 0]) == 1
 
 
 def test_only_selected_findings_get_a_side() -> None:
-    scores = torch.ones(1, 1, 1, 2)
-    offsets = torch.full((1, 1, 1, 2, 2), 0.2)
-    read = sides(scores, offsets, torch.tensor([[AXIAL]]), torch.tensor([True, False]))
+    halves = torch.tensor([-1.0, 1.0, 0.0, 0.0]).expand(1, 1, 1, 2, 4)
+    read = sides(halves, torch.tensor([[AXIAL]]), torch.tensor([True, False]))
     assert read.tolist() == [[1, UNKNOWN_SIDE]]
+
+
+def test_a_finding_that_may_lie_on_both_sides_does_when_each_sides_token_shows_it() -> None:
+    """A bilateral effusion lights a token on each side; a unilateral one only on its side."""
+    axial = torch.tensor([[AXIAL, MIRRORED]])
+    effusion, nodule = torch.tensor([True]), torch.tensor([False])
+
+    def read(right: list[float], left: list[float], bilateral: torch.Tensor) -> int:
+        halves = _halves(right, left)
+        return int(sides(halves, axial[:, : len(right)], torch.tensor([True]), bilateral)[0, 0])
+
+    assert read([6.5], [6.3], effusion) == BOTH_SIDES
+    assert read([6.5], [BOTH_LOGIT], effusion) == BOTH_SIDES  # at the threshold
+    assert read([6.5], [-0.7], effusion) == 0  # the other side's best token does not show it
+    assert read([-0.7], [6.5], effusion) == 1
+    assert read([6.5], [6.3], nodule) == 0  # a nodule lies on one side: the stronger
+    # the patient's left in a mirrored view lies before the body's centre across the image
+    assert read([6.0, -3.0], [-3.0, 6.0], effusion) == 0
 
 
 def test_site_side_reads_the_first_word() -> None:
@@ -143,11 +178,17 @@ def test_constrain_sites_keeps_the_read_side_only() -> None:
     one_sided = site_sides([["right upper lobe", "right lower lobe"]], {0}, 2)
     kept = constrain_sites(torch.ones(1, 1, 2), torch.tensor([[1]]), one_sided, fill)
     assert torch.equal(kept, torch.ones(1, 1, 2))
-    # an effusion read on the right keeps "right" and "bilateral", loses "left"
+    # an effusion read on the right keeps "right"; read on both sides, "bilateral"
     both = site_sides(names, {0, 1}, 5)
-    assert both[1].tolist() == [0, 1, -1, -1, -1]
+    assert both[1].tolist() == [0, 1, BOTH_SIDES, -1, -1]
     effusion = constrain_sites(logits, torch.tensor([[UNKNOWN_SIDE, 0]]), both, fill)
-    assert effusion[0, 1].tolist() == [5.0, fill, 7.0, 8.0, 9.0]
+    assert effusion[0, 1].tolist() == [5.0, fill, fill, 8.0, 9.0]
+    effusion = constrain_sites(logits, torch.tensor([[UNKNOWN_SIDE, BOTH_SIDES]]), both, fill)
+    assert effusion[0, 1].tolist() == [fill, fill, 7.0, 8.0, 9.0]
+    # a nodule read on both sides (no site on both) keeps its logits
+    assert torch.equal(
+        constrain_sites(logits, torch.tensor([[BOTH_SIDES, 0]]), both, fill)[0, 0], logits[0, 0]
+    )
 
 
 def _config(tiny_config: MsVlmConfig, **changes: object) -> MsVlmConfig:
