@@ -73,7 +73,7 @@ from models.training.stages import (
     stage3a_findings,
 )
 
-MODEL_VERSION = "5"
+MODEL_VERSION = "6"
 #: findings whose side is read from the token that shows them (`MsVlmConfig.token_side_findings`)
 #: whenever the token head is trained: the lungs and pleurae lie either side of the body's
 #: midline (an effusion is placed by its centroid when it is on one side; "bilateral" stays the

@@ -74,13 +74,17 @@ def test_demo_model_reads_the_nodules_side_from_the_images(
     generator: ReportGenerator, tmp_path: Path
 ) -> None:
     """The same study acquired mirrored (columns reversed, ImageOrientationPatient's row
-    direction negated): the nodule stays in the patient's right lung, the side its token
-    shows; without the orientation the site head alone puts it on the left."""
+    direction negated): the nodule stays in the patient's right lung and the effusion on the
+    left, the sides their tokens show; without the orientation the site head alone puts both
+    on the wrong side."""
     spec = PhantomSpec(
         modality="CT",
         planes=("axial", "coronal"),
         phases=("non_contrast", "arterial"),
-        findings=(Finding("lung_nodule", {"size_mm": 12, "lobe": "right upper lobe"}),),
+        findings=(
+            Finding("lung_nodule", {"size_mm": 12, "lobe": "right upper lobe"}),
+            Finding("pleural_effusion", {"side": "left"}),
+        ),
         seed=2026,
         matrix=64,
         slices=24,
@@ -97,7 +101,29 @@ def test_demo_model_reads_the_nodules_side_from_the_images(
                 orientation=(*(-c for c in row), *column),
             )
         )
-    read = generator.generate_report(mirrored, max_new_tokens=1).sites["lung_nodule"][0]
+    read = generator.generate_report(mirrored, max_new_tokens=1)
     bare = [dataclasses.replace(view, orientation=None) for view in mirrored]
-    guessed = generator.generate_report(bare, max_new_tokens=1).sites["lung_nodule"][0]
-    assert read.startswith("right ") and guessed.startswith("left "), (read, guessed)
+    guessed = generator.generate_report(bare, max_new_tokens=1).sites
+    assert read.sites["lung_nodule"][0].startswith("right "), read.sites
+    assert guessed["lung_nodule"][0].startswith("left "), guessed
+    assert read.sites["pleural_effusion"][0] == "left" and guessed["pleural_effusion"][0] == "right"
+    assert read.image_sides == {"lung_nodule": "right", "pleural_effusion": "left"}
+
+
+def test_demo_model_reads_a_bilateral_effusion_from_both_sides(
+    generator: ReportGenerator, tmp_path: Path
+) -> None:
+    """Each side's best effusion token shows it, so the SR's site is "bilateral"."""
+    spec = PhantomSpec(
+        modality="CT",
+        planes=("axial", "coronal"),
+        phases=("non_contrast", "arterial"),
+        findings=(Finding("pleural_effusion", {"side": "bilateral"}),),
+        seed=2026,
+        matrix=64,
+        slices=24,
+    )
+    write_study(spec, tmp_path / "study")
+    report = generator.generate_report(load_study_views(tmp_path / "study"), max_new_tokens=1)
+    assert report.sites["pleural_effusion"][0] == "bilateral", report.sites
+    assert report.image_sides["pleural_effusion"] == "both"
