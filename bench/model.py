@@ -19,9 +19,10 @@ Side by side in the same run, for every study size, the worker's precisions
   for what `slice_chunk_size` saves in memory.
 
 With `--sides`, each mode also runs as "MODE+sides": the model keeps a token head that reads
-the nodule's side (`MsVlmConfig.token_side_findings`, `laterality`), and each view comes with
-an axial orientation, so the encoder also scores every patch token and finds each slice's
-body centre, and generation constrains the sites: what reading sides costs.
+the nodule's and the effusion's side (`MsVlmConfig.token_side_findings`, `laterality`), and
+each view comes with an axial orientation, so the encoder also scores every patch token, finds
+each slice's body centre and each half's best token, and generation constrains the sites:
+what reading sides costs.
 
 "first s" is the warm-up study, which pays for compilation: the worker runs it at start.
 
@@ -127,13 +128,13 @@ def build_model(
     preset: str, device: torch.device, weight_dtype: torch.dtype, *, sides: bool = False
 ) -> MsVlmForReportGeneration:
     """Random weights, created on the device (a 1B LM initialised on CPU takes minutes); with
-    `sides`, a site head and the token head that reads the nodule's side."""
+    `sides`, a site head and the token head that reads the nodule's and the effusion's side."""
     torch.manual_seed(0)
     config = msvlm_preset(preset)
     if sides:
         config.findings_pooling = "per_finding"
-        config.finding_sites = {"lung_nodule": LOBES}
-        config.token_side_findings = ["lung_nodule"]
+        config.finding_sites = {"lung_nodule": LOBES, "pleural_effusion": ["right", "left", "bilateral"]}
+        config.token_side_findings = ["lung_nodule", "pleural_effusion"]
     with torch.device(device):
         model = MsVlmForReportGeneration(config)
     model = model.to(dtype=weight_dtype).eval()  # type: ignore[call-arg]
@@ -183,14 +184,12 @@ def run_once(
     gen: dict[str, float | None] = {}
     with torch.inference_mode(), placement.autocast():
         with clock.measure(enc):
-            features, scores, offsets = model.encode_views_with_tokens(
-                inputs["pixel_values"], inputs["slice_mask"]
-            )
+            features, halves = model.encode_views_with_tokens(inputs["pixel_values"], inputs["slice_mask"])
         with clock.measure(zf):
             encoding = model.encode_study(
                 slice_features=features, slice_mask=inputs["slice_mask"], view_ids=inputs["view_ids"]
             )
-        encoding = replace(encoding, token_scores=scores, token_offsets=offsets)
+        encoding = replace(encoding, token_halves=halves)
         with clock.measure(gen):
             output = model.generate_from_encoding(
                 encoding,
