@@ -76,8 +76,8 @@ from models.training.stages import (
 MODEL_VERSION = "6"
 #: findings whose side is read from the token that shows them (`MsVlmConfig.token_side_findings`)
 #: whenever the token head is trained: the lungs and pleurae lie either side of the body's
-#: midline (an effusion is placed by its centroid when it is on one side; "bilateral" stays the
-#: site head's call). Not the liver lesion (the liver's left lobe reaches across the midline)
+#: midline (an effusion is placed by its centroid when it is on one side, and read on both
+#: when each side's token shows it). Not the liver lesion (the liver's left lobe reaches across the midline)
 #: nor a rectal wall (its side is the rectum's, which lies on the midline)
 TOKEN_SIDE_FINDINGS = ("lung_nodule", "pleural_effusion")
 FINDINGS_FILE = "findings.json"

@@ -311,20 +311,20 @@ class MsVlmConfig(ReportModelConfig):
     slice_pooling: SlicePooling = "cls"
     #: findings whose site's side ("right ..." or "left ...") is read from the patch token that
     #: shows them, not from the site head: a linear head on the slice encoder's patch tokens
-    #: (`token_head`, trained by stage 0b's token loss) finds the slice and token that score the
-    #: finding highest, and the side of the body's midline that token lies on, in patient
-    #: coordinates from each view's ImageOrientationPatient, restricts the site head's choice.
+    #: (`token_head`, trained by stage 0b's token loss) scores every patch token, and the side
+    #: of the body's midline whose best token scores higher, in patient coordinates from each
+    #: view's ImageOrientationPatient, restricts the site head's choice to the sites on it. A
+    #: site on neither side ("bilateral") is the finding on both: kept when each side's best
+    #: token shows it, ruled out when one side alone does (`laterality.sides`).
     #: Why: the site head learnt where the training images put a finding, and put 6 of 22
-    #: held-out nodules on the wrong side (README "Which side"). A site on neither side
-    #: ("bilateral") is never ruled out: the side read says where the finding is plainest, the
-    #: site head whether it is on both. None or empty: no token head
+    #: held-out nodules on the wrong side (README "Which side"). None or empty: no token head
     token_side_findings: list[str] | None = None
 
     def _check_token_sides(self) -> None:
         for key in self.token_side_findings or []:
             sites = self.sites_of(key)
             _require(bool(sites), f"token_side_findings names {key!r}, which has no finding_sites")
-            # a sideless site ("bilateral") stays the site head's choice beside the sided ones
+            # a sideless site ("bilateral") is the finding on both sides, beside the sided ones
             _require(
                 any(site_side(s) is not None for s in sites),
                 f"token_side_findings names {key!r}, none of whose sites {sites} starts with right or left",
