@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from node.findings import FindingCode, finding_codes
 from node.jobs import JobState, StaleJobState, claim_next, renew_lease, transition
 from node.manifest import Manifest
 from node.modelinfo import ModelIdentity
+from node.narrative import impression_from_findings, restate_measurements, split_report
 from node.schema import Instance, Job, Result
 from node.sop_classes import SR_DOCUMENT_SOP_CLASS
 from node.store import TEMP_SUFFIX, InstanceStore
@@ -44,7 +44,6 @@ from node.volume import load_view
 
 if TYPE_CHECKING:
     from models.msvlm.pipeline import ReportGenerator
-    from node.sr import CodedFinding
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +224,18 @@ def _process(
     del views
 
     findings_text, impression_text = split_report(output.text)
+    impression_text, restated = restate_measurements(findings_text, impression_text, output.findings)
+    for change in restated:
+        log.info(
+            "worker.impression_restated",
+            extra={
+                "job": job_id,
+                "finding": change.key,
+                "findings_mm": change.findings_mm,
+                "impression_mm": change.impression_mm,
+            },
+        )
+    restated_by_key = {change.key: change for change in restated}
     coded = [
         CodedFinding(
             key=key,
@@ -296,6 +307,12 @@ def _process(
                 ),
                 # the side the images show (the token that shows it), which the site lies on
                 **({"side_from_images": output.image_sides[f.key]} if f.key in output.image_sides else {}),
+                # the impression gave another size; it now gives the findings' (`restate_measurements`)
+                **(
+                    {"impression_restated_from_mm": restated_by_key[f.key].impression_mm}
+                    if f.key in restated_by_key
+                    else {}
+                ),
             }
             for f in coded
         ]
@@ -350,59 +367,6 @@ def _evidence(ctx: WorkerContext, manifest: Manifest) -> list[Dataset]:
         item.SOPInstanceUID = sop
         evidence.append(item)
     return evidence
-
-
-_HEADING = re.compile(r"\b(findings|impression)\s*:\s*", re.IGNORECASE)
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
-_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
-_ACRONYMS = re.compile(r"\b(ct|mr|mri|dwi|adc|t1|t2|flair|cm|mm)\b", re.IGNORECASE)
-_UPPER = {"ct", "mr", "mri", "dwi", "adc", "t1", "t2", "flair"}
-
-
-def tidy_sentences(text: str) -> str:
-    """Report prose as a radiologist writes it: no space before punctuation, sentence case.
-
-    Word-level tokenizers decode "no pleural effusion ." in lower case; the SR
-    is read by people.
-    """
-    text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
-    text = _ACRONYMS.sub(
-        lambda m: m.group(1).upper() if m.group(1).lower() in _UPPER else m.group(1).lower(), text
-    )
-    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
-
-
-def split_report(text: str) -> tuple[str, str]:
-    """Split generated text into (findings, impression) at its "Findings:"/"Impression:" headings.
-
-    The impression is empty when the model wrote none (`impression_from_findings` stands in).
-    """
-    sections = {"findings": "", "impression": ""}
-    current = "findings"
-    position = 0
-    for match in _HEADING.finditer(text):
-        sections[current] += text[position : match.start()]
-        current, position = match.group(1).lower(), match.end()
-    sections[current] += text[position:]
-    findings = tidy_sentences(sections["findings"]) or "No findings text was generated."
-    return findings, tidy_sentences(sections["impression"])
-
-
-def impression_from_findings(coded: Sequence[CodedFinding]) -> str:
-    """The impression when the model ended its report without one: its coded calls, numbered.
-
-    Why: the language model sometimes stops after the findings (1 of 100 held-out phantoms for
-    the demo, and the `msvlm-node demo` study), and "see findings" under a positive study
-    tells the radiologist nothing; the coded calls are the model's own, and the narrative
-    states them (the LM reads the same calls).
-    """
-    if not coded:
-        return "See findings."
-    positives = [f.display for f in coded if f.present]
-    if positives:
-        return " ".join(f"{i}. {display}." for i, display in enumerate(positives, start=1))
-    assessed = ", ".join(f.display[:1].lower() + f.display[1:] for f in coded)
-    return f"None of the findings assessed ({assessed}) is present."
 
 
 def device_uid(settings: Settings) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,4 +85,13 @@ def test_demo_command_runs_the_loop_and_shows_where_the_findings_were_planted(tm
     assert "Pulmonary nodule: Present" in out and "Pleural effusion: Present" in out
     assert "Finding Site: Pleura" in out and "Laterality:" in out  # the effusion's coded site
     assert "Lung nodule PRESENT" in out and "side read from the images]" in out  # the nodule's side
+    # the impression gives the nodule the size the findings give it (version 6 wrote 12 mm in
+    # the findings and 16 mm in the impression of this study: `narrative.restate_measurements`)
+    finding_size = re.search(r"Finding: [^\n]*?(\d+) mm solid nodule", out)
+    impression_size = re.search(r"Impression: [^\n]*?(\d+) mm pulmonary nodule", out)
+    assert finding_size and impression_size, out[-3000:]
+    assert finding_size.group(1) == impression_size.group(1), (
+        finding_size.group(0),
+        impression_size.group(0),
+    )
     assert list((tmp_path / "demo" / "storage").rglob("*.dcm"))  # the study the node stored

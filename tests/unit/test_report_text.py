@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from node.narrative import (
+    Restatement,
+    impression_from_findings,
+    restate_measurements,
+    split_report,
+    tidy_sentences,
+)
 from node.sr import CodedFinding
-from node.worker import impression_from_findings, split_report, tidy_sentences
 
 
 def test_headings_split_findings_from_impression_whatever_the_spacing() -> None:
@@ -48,3 +54,48 @@ def test_sentence_case_and_acronyms() -> None:
         tidy_sentences("rectal wall thickening on t2 and dwi .  adc is low .")
         == "Rectal wall thickening on T2 and DWI. ADC is low."
     )
+
+
+KEYS = ("lung_nodule", "pleural_effusion", "liver_lesion", "lymphadenopathy", "rectal_lesion")
+
+
+def test_the_impression_gives_each_finding_the_size_the_findings_give_it() -> None:
+    """The `msvlm-node demo` study's report as the demo weights (version 6) wrote it."""
+    findings = (
+        "There is a 12 mm solid nodule in the right lower lobe. There is a large left pleural effusion. "
+        "No cardiomegaly. The liver is normal without focal lesion."
+    )
+    impression, changes = restate_measurements(
+        findings, "1. 16 mm pulmonary nodule in the right lower lobe. 2. Large left pleural effusion.", KEYS
+    )
+    assert impression == "1. 12 mm pulmonary nodule in the right lower lobe. 2. Large left pleural effusion."
+    assert changes == [Restatement("lung_nodule", findings_mm="12", impression_mm="16")]
+
+
+def test_each_finding_keeps_its_own_size_and_agreeing_sizes_are_left_alone() -> None:
+    findings = "An 8.5 mm nodule in the left upper lobe. There is a 31 mm lesion in segment 6 of the liver."
+    impression = (
+        "1. 9 mm pulmonary nodule in the left upper lobe. 2. 31 mm liver lesion. 3. 8.5mm nodule again."
+    )
+    restated, changes = restate_measurements(findings, impression, KEYS)
+    assert (
+        restated
+        == "1. 8.5 mm pulmonary nodule in the left upper lobe. 2. 31 mm liver lesion. 3. 8.5mm nodule again."
+    )
+    assert [c.key for c in changes] == ["lung_nodule"]
+
+
+def test_what_cannot_be_matched_one_to_one_is_left_as_written() -> None:
+    cases = [
+        # the findings give no size, or two, or deny the finding
+        ("A solid nodule in the right upper lobe.", "14 mm pulmonary nodule."),
+        ("A 12 x 8 mm nodule in the right upper lobe.", "14 mm pulmonary nodule."),
+        ("No pulmonary nodule. A 20 mm liver lesion.", "14 mm pulmonary nodule."),
+        # the impression's sentence names two findings, or gives two sizes
+        ("A 12 mm nodule in the right upper lobe.", "14 mm pulmonary nodule and liver lesion."),
+        ("A 12 mm nodule in the right upper lobe.", "14 mm pulmonary nodule, previously 10 mm."),
+        # no impression at all
+        ("A 12 mm nodule in the right upper lobe.", ""),
+    ]
+    for findings, impression in cases:
+        assert restate_measurements(findings, impression, KEYS) == (impression, []), (findings, impression)
