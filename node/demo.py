@@ -52,6 +52,8 @@ def _sr_text(ds: Dataset) -> list[str]:
                 value = item.ConceptCodeSequence[0].CodeMeaning
             elif item.ValueType == "CONTAINER":
                 value = ""
+            elif item.ValueType == "IMAGE":
+                value = f"image {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID}"
             else:
                 continue
             lines.append(f"{'  ' * depth}{name}: {value}".rstrip(": "))
@@ -60,6 +62,14 @@ def _sr_text(ds: Dataset) -> list[str]:
 
     walk(list(ds.get("ContentSequence", [])), 0)
     return lines
+
+
+def _key_image_note(finding: dict[str, Any]) -> str:
+    """ " [key image: series 3, image 17]" as a viewer lists it, or "" without one."""
+    image = finding.get("key_image")
+    if image is None:
+        return ""
+    return f" [key image: series {image['series_number']}, image {image['instance_number']}]"
 
 
 def _site_note(finding: dict[str, Any]) -> str:
@@ -212,6 +222,7 @@ host = "127.0.0.1"
             + ", ".join(
                 f"{f['display']} {'PRESENT' if f['present'] else 'absent'} p={f['probability']:.2f}"
                 + _site_note(f)
+                + _key_image_note(f)
                 for f in detail["result"]["findings"]
             )
         )

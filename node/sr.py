@@ -56,6 +56,9 @@ IMPRESSIONS = hd.sr.CodedConcept("121072", "DCM", "Impressions")
 IMPRESSION = hd.sr.CodedConcept("121073", "DCM", "Impression")
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 FINDING_SITE = hd.sr.CodedConcept("363698007", "SCT", "Finding Site")
+#: CID 7003 "Diagnostic Imaging Report Purpose of Reference": the image a finding is inferred
+#: from (TID 2002 row 2, INFERRED FROM TID 2001 row 1)
+BEST_ILLUSTRATION = hd.sr.CodedConcept("121080", "DCM", "Best illustration of finding")
 #: CID 240/241 "Present-Absent": SNOMED CT 272519000 replaced the inactive 2667000 for Absent.
 PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
@@ -172,9 +175,37 @@ class FindingSite:
 
 
 @dataclass(frozen=True)
+class ImageReference:
+    """One source image: an instance, and for a multi-frame one its frame (1-based)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None = None
+
+    def __post_init__(self) -> None:
+        _uid(self.sop_class_uid, "ImageReference.sop_class_uid")
+        _uid(self.sop_instance_uid, "ImageReference.sop_instance_uid")
+        if self.frame_number is not None:
+            _positive_int(self.frame_number, "ImageReference.frame_number")
+
+    def item(self, relationship: str) -> hd.sr.ImageContentItem:
+        """The finding's "Best illustration of finding": INFERRED FROM its finding in a
+        Comprehensive SR (TID 2002), CONTAINS after it in a Basic Text SR, which allows no
+        image under a CODE item."""
+        return hd.sr.ImageContentItem(
+            BEST_ILLUSTRATION,
+            referenced_sop_class_uid=self.sop_class_uid,
+            referenced_sop_instance_uid=self.sop_instance_uid,
+            referenced_frame_numbers=None if self.frame_number is None else [self.frame_number],
+            relationship_type=relationship,
+        )
+
+
+@dataclass(frozen=True)
 class CodedFinding:
     """One output of the findings head: a coded concept, present or absent, P(present) and,
-    for a present finding whose model names sites, where it is."""
+    for a present finding whose model names sites, where it is and, where the model found it on
+    an image, that image (`key_image`)."""
 
     key: str
     display: str
@@ -184,6 +215,7 @@ class CodedFinding:
     probability: float
     present: bool
     site: FindingSite | None = None
+    key_image: ImageReference | None = None
 
     def __post_init__(self) -> None:
         _text(self.key, "CodedFinding.key")
@@ -200,6 +232,10 @@ class CodedFinding:
             _typed(self.site, FindingSite, "CodedFinding.site")
             if not self.present:
                 raise ValueError(f"CodedFinding.site is given for {self.key!r}, which is absent")
+        if self.key_image is not None:
+            _typed(self.key_image, ImageReference, "CodedFinding.key_image")
+            if not self.present:
+                raise ValueError(f"CodedFinding.key_image is given for {self.key!r}, which is absent")
 
     @property
     def concept(self) -> hd.sr.CodedConcept:
@@ -372,10 +408,14 @@ def _content(
         children: list[hd.sr.ContentItem] = [finding.site.item()] if finding.site is not None else []
         if nested:
             children.append(hd.sr.TextContentItem(PROBABILITY, value, "HAS PROPERTIES"))
+            if finding.key_image is not None:
+                children.append(finding.key_image.item("INFERRED FROM"))
         if children:
             code.ContentSequence = hd.sr.ContentSequence(children)
         if not nested:
             findings_items.append(hd.sr.TextContentItem(PROBABILITY, value, "CONTAINS"))
+            if finding.key_image is not None:
+                findings_items.append(finding.key_image.item("CONTAINS"))
     findings_section = hd.sr.ContainerContentItem(
         FINDINGS, is_content_continuous=False, relationship_type="CONTAINS"
     )

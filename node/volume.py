@@ -126,6 +126,9 @@ class Volume:
     orientation: tuple[float, float, float, float, float, float]
     warnings: tuple[str, ...]
     view_key: str
+    #: for each slice, which of the view's slices (`View.slices`) it is: an index the model's
+    #: key images are traced back to instances (and frames) through
+    sources: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ class _Checked:
     spacing: float
     first: FrameGeometry
     warnings: list[str]
+    sources: tuple[int, ...]
 
 
 def _resolve(ref: SliceRef, root: Path | None) -> Path:
@@ -208,6 +212,7 @@ def _check_geometry(
         _permute_in_place(out, order)
         points, positions = points[order], positions[order]
         decoded = [decoded[i] for i in order]
+    sources = [d.slot for d in decoded]
     keep = [0] + [
         i
         for i in range(1, len(positions))
@@ -224,6 +229,7 @@ def _check_geometry(
             if target != source:
                 out[target] = out[source]
         out, points, positions = out[: len(keep)], points[keep], positions[keep]
+        sources = [sources[i] for i in keep]
         warnings.append(f"{dropped} duplicate slice(s) at repeated positions dropped")
     steps = np.diff(positions)
     thickness = decoded[0].geometry.slice_thickness
@@ -238,6 +244,7 @@ def _check_geometry(
         spacing=spacing,
         first=decoded[keep[0]].geometry if keep else decoded[0].geometry,
         warnings=warnings,
+        sources=tuple(sources),
     )
 
 
@@ -348,6 +355,7 @@ def load_view(view: View, root: Path | None = None, settings: VolumeSettings | N
         orientation=first.orientation or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
         warnings=tuple(checked.warnings),
         view_key=view.key,
+        sources=checked.sources,
     )
 
 

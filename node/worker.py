@@ -37,7 +37,7 @@ from node.jobs import JobState, StaleJobState, claim_next, renew_lease, transiti
 from node.manifest import Manifest
 from node.modelinfo import ModelIdentity
 from node.narrative import impression_from_findings, restate_measurements, split_report
-from node.schema import Instance, Job, Result
+from node.schema import Instance, Job, Result, Series
 from node.sop_classes import SR_DOCUMENT_SOP_CLASS
 from node.store import TEMP_SUFFIX, InstanceStore
 from node.volume import load_view
@@ -208,14 +208,16 @@ def _process(
     ctx: WorkerContext, job_id: int, attempt: int, manifest: Manifest, supersedes: int | None
 ) -> _Outcome:
     from models.msvlm.processing_msvlm import ViewInput
-    from node.sr import AlgorithmInfo, CodedFinding, DeviceInfo, build_report_sr, sr_uids
+    from node.sr import AlgorithmInfo, CodedFinding, DeviceInfo, ImageReference, build_report_sr, sr_uids
     from node.srcheck import validate_sr
 
     started = time.perf_counter()
     views = []
+    sources = []
     for view in manifest.views:
         volume = load_view(view, root=ctx.store.root, settings=ctx.settings.volume)
         views.append(ViewInput.from_volume(volume))
+        sources.append(volume.sources)
     loaded = time.perf_counter()
     output = ctx.generator.generate_report(
         views, max_new_tokens=ctx.settings.model.max_new_tokens, num_beams=ctx.settings.model.num_beams
@@ -236,6 +238,21 @@ def _process(
             },
         )
     restated_by_key = {change.key: change for change in restated}
+    stored = _stored_instances(ctx, manifest)
+    # the slice that shows each finding best, traced back to its instance (and frame)
+    key_refs = {
+        key: (manifest.views[view].series_instance_uid, manifest.views[view].slices[sources[view][index]])
+        for key, (view, index) in output.key_slices.items()
+    }
+    key_images = {
+        key: ImageReference(
+            sop_class_uid=stored[ref.sop_instance_uid].sop_class_uid,
+            sop_instance_uid=ref.sop_instance_uid,
+            frame_number=None if ref.frame is None else ref.frame + 1,
+        )
+        for key, (_, ref) in key_refs.items()
+        if ref.sop_instance_uid in stored
+    }
     coded = [
         CodedFinding(
             key=key,
@@ -247,12 +264,13 @@ def _process(
             present=output.present[key],
             # the site the narrative was told; coded when the vocabulary codes that site
             site=code.sites.get(output.sites[key][0]) if key in output.sites else None,
+            key_image=key_images.get(key),
         )
         for key, probability in output.findings.items()
         if (code := ctx.codes.get(key)) is not None
     ]
     impression_text = impression_text or impression_from_findings(coded)
-    evidence = _evidence(ctx, manifest)
+    evidence = _evidence(ctx, manifest, stored)
     series_uid, sop_uid = sr_uids(ctx.settings.node.uid_prefix, job_id, attempt)
     replaces = _replaced_document(ctx, supersedes)
     dataset = build_report_sr(
@@ -307,6 +325,21 @@ def _process(
                 ),
                 # the side the images show (the token that shows it), which the site lies on
                 **({"side_from_images": output.image_sides[f.key]} if f.key in output.image_sides else {}),
+                # the image that shows it best, which the SR points to ("Best illustration of finding")
+                **(
+                    {
+                        "key_image": {
+                            "series_instance_uid": key_refs[f.key][0],
+                            "sop_instance_uid": f.key_image.sop_instance_uid,
+                            # as a viewer lists it: "series 3, image 17"
+                            "series_number": stored[f.key_image.sop_instance_uid].series_number,
+                            "instance_number": stored[f.key_image.sop_instance_uid].instance_number,
+                            **({"frame": f.key_image.frame_number} if f.key_image.frame_number else {}),
+                        }
+                    }
+                    if f.key_image is not None
+                    else {}
+                ),
                 # the impression gave another size; it now gives the findings' (`restate_measurements`)
                 **(
                     {"impression_restated_from_mm": restated_by_key[f.key].impression_mm}
@@ -336,7 +369,32 @@ def _process(
     )
 
 
-def _evidence(ctx: WorkerContext, manifest: Manifest) -> list[Dataset]:
+@dataclass(frozen=True)
+class _Stored:
+    """What the ledger knows of one source instance: its SOP class and where a viewer lists it."""
+
+    sop_class_uid: str
+    series_number: int | None
+    instance_number: int | None
+
+
+def _stored_instances(ctx: WorkerContext, manifest: Manifest) -> dict[str, _Stored]:
+    """SOP Instance UID -> the ledger's record of each of the study's instances."""
+    with ctx.factory() as session:
+        rows = session.execute(
+            select(
+                Instance.sop_instance_uid,
+                Instance.sop_class_uid,
+                Series.series_number,
+                Instance.instance_number,
+            )
+            .join(Series, Series.series_instance_uid == Instance.series_instance_uid)
+            .where(Instance.study_instance_uid == manifest.study_instance_uid)
+        ).all()
+    return {uid: _Stored(sop_class, series, instance) for uid, sop_class, series, instance in rows}
+
+
+def _evidence(ctx: WorkerContext, manifest: Manifest, stored: dict[str, _Stored]) -> list[Dataset]:
     """Every source instance used, as the SR builder wants them.
 
     Only the first is read from disk (patient and study modules are copied from
@@ -348,14 +406,6 @@ def _evidence(ctx: WorkerContext, manifest: Manifest) -> list[Dataset]:
         for view in manifest.views
         for ref in view.slices
     }
-    with ctx.factory() as session:
-        classes = dict(
-            session.execute(
-                select(Instance.sop_instance_uid, Instance.sop_class_uid).where(
-                    Instance.study_instance_uid == manifest.study_instance_uid
-                )
-            ).all()
-        )
     ordered = sorted(refs)
     first = dcmread(ctx.store.root / refs[ordered[0]][1], stop_before_pixels=True)
     evidence: list[Dataset] = [first]
@@ -363,7 +413,7 @@ def _evidence(ctx: WorkerContext, manifest: Manifest) -> list[Dataset]:
         item = Dataset()
         item.StudyInstanceUID = manifest.study_instance_uid
         item.SeriesInstanceUID = refs[sop][0]
-        item.SOPClassUID = classes.get(sop, first.SOPClassUID)
+        item.SOPClassUID = stored[sop].sop_class_uid if sop in stored else first.SOPClassUID
         item.SOPInstanceUID = sop
         evidence.append(item)
     return evidence

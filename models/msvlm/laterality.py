@@ -9,7 +9,8 @@ ImageOrientationPatient, splits those tokens into the patient's right and left, 
 or prone acquisition reads the same side as a standard one. The side whose best token scores
 higher is the finding's side, or both when each side's best token shows it (a bilateral
 effusion). That side then restricts the site head's choice to the sites on it
-(`constrain_sites`): the head still picks the lobe.
+(`constrain_sites`): the head still picks the lobe. The same scores say on which slice a
+finding shows best (`key_slices`), the image the SR points the radiologist to.
 
 Everything here is a pure tensor function, so it can be tested on made-up scores.
 """
@@ -40,6 +41,8 @@ SIDE_NAMES: tuple[str, ...] = (*SIDES, "both")
 #: validation phantoms (version 6) the other side of a unilateral effusion scored at most -0.7,
 #: each side of a bilateral one at least 5.3
 BOTH_LOGIT = 0.0
+#: a finding's key slice is one whose best token shows it (probability 0.5 or more)
+KEY_SLICE_LOGIT = 0.0
 
 
 def body_centre(slices: torch.Tensor) -> torch.Tensor:
@@ -156,3 +159,14 @@ def constrain_sites(
     wrong = (read >= 0) & (sides_of_sites >= 0) & (sides_of_sites != read)
     keeps_one = ((sides_of_sites == read) & (read >= 0)).any(dim=-1, keepdim=True)
     return site_logits.masked_fill(wrong & keeps_one, fill)
+
+
+def key_slices(halves: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
+    """(B, V, Z, F, 4) `token_halves` (-inf on padding), (F,) bool -> (B, F, 2) long: per
+    selected finding the (view, slice) with the best token, where it reaches `KEY_SLICE_LOGIT`;
+    -1, -1 for the others. Ties go to the first view and slice."""
+    batch, views, slices, labels, _ = halves.shape
+    best, flat = halves.amax(dim=-1).permute(0, 3, 1, 2).reshape(batch, labels, views * slices).max(dim=-1)
+    out = torch.stack([flat // slices, flat % slices], dim=-1)
+    shown = (best >= KEY_SLICE_LOGIT) & findings.to(best.device)[None, :]
+    return torch.where(shown[..., None], out, torch.full_like(out, -1))

@@ -57,6 +57,10 @@ class ReportOutput:
     `image_sides` gives, for each of those findings whose side was read from the images (the
     token that shows it and the views' orientation, `laterality`), that side ("right", "left"
     or "both"); its site in `sites` lies on it.
+
+    `key_slices` gives, for each finding called present whose token shows it on some slice
+    (`MsVlmForReportGeneration.key_slices`), the (view, slice) that shows it best: the index of
+    the view in the study as given and of the slice in that view's pixels.
     """
 
     text: str
@@ -64,6 +68,7 @@ class ReportOutput:
     present: dict[str, bool]
     sites: dict[str, tuple[str, float]] = field(default_factory=dict)
     image_sides: dict[str, str] = field(default_factory=dict)
+    key_slices: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 Precision = Literal["auto", "float32", "mixed", "bfloat16"]
@@ -181,6 +186,7 @@ class ReportGenerator:
             site_calls = self.model.site_head.calls(output.site_logits).cpu().tolist()
             site_probabilities = torch.softmax(output.site_logits.float(), dim=-1).cpu()
         read_sides = None if output.finding_sides is None else output.finding_sides.cpu().tolist()
+        key_slices = None if output.key_slices is None else output.key_slices.cpu().tolist()
         outputs = []
         for b, (study, text, probs, called) in enumerate(
             zip(studies, texts, probabilities, calls, strict=True)
@@ -199,6 +205,11 @@ class ReportGenerator:
                         )
                         if read_sides is not None and read_sides[b][j] >= 0:
                             image_sides[key] = SIDE_NAMES[read_sides[b][j]]
+            shown = {}
+            for j, key in enumerate(labels):
+                view, index = key_slices[b][j] if key_slices is not None else (-1, -1)
+                if view >= 0 and present.get(key):
+                    shown[key] = (view, self.processor.source_slice(study[view].pixels.shape[0], index))
             outputs.append(
                 ReportOutput(
                     text=text,
@@ -206,6 +217,7 @@ class ReportGenerator:
                     present=present,
                     sites=sites,
                     image_sides=image_sides,
+                    key_slices=shown,
                 )
             )
         return outputs

@@ -214,6 +214,20 @@ class MsVlmProcessor:
             return s.fixed_slices_per_view
         return min(num_slices, s.max_slices_per_view)
 
+    def source_slice(self, num_slices: int, index: int) -> int:
+        """The slice of an n-slice view nearest to slice `index` of what `preprocess_view`
+        made of it (`resample_slices` keeps both ends and spaces the rest evenly)."""
+        target = self.target_slices(num_slices)
+        if not 0 <= index < target:
+            raise ValueError(
+                f"slice {index} is not one of the {target} slices a {num_slices}-slice view becomes"
+            )
+        if target == num_slices:
+            return index
+        if target == 1:
+            return 0
+        return round(index * (num_slices - 1) / (target - 1))
+
     def preprocess_view(self, view: ViewInput) -> torch.Tensor:
         """One view -> (n', 3, S, S) float32 normalised pixels, n' = `target_slices(n)`."""
         pixels = torch.from_numpy(np.ascontiguousarray(view.pixels, dtype=np.float32))

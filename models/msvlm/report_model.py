@@ -73,12 +73,15 @@ class MsVlmOutput(ModelOutput):
 class MsVlmGenerationOutput(ModelOutput):
     """sequences: generated token ids only (B, <= max_new_tokens); findings_logits (B, F);
     site_logits (B, F, S) with a site head; finding_sides (B, F) the side each finding was read
-    on from the images (`laterality.sides`: 0 right, 1 left, 2 both, -1 not read), where one was."""
+    on from the images (`laterality.sides`: 0 right, 1 left, 2 both, -1 not read), where one was;
+    key_slices (B, F, 2) the (view, slice) that shows each finding best (`key_slices`; -1, -1
+    where none does), with a token head."""
 
     sequences: torch.Tensor | None = None
     findings_logits: torch.Tensor | None = None
     site_logits: torch.Tensor | None = None
     finding_sides: torch.Tensor | None = None
+    key_slices: torch.Tensor | None = None
 
 
 class ReportModelBase(PreTrainedModel):
@@ -193,6 +196,11 @@ class ReportModelBase(PreTrainedModel):
         """The site logits with the sides the images show enforced, and those sides (B, F);
         a model that reads no side from its images (this base) returns them as they are."""
         return site_logits, None
+
+    def key_slices(self, encoding: VisualEncoding) -> torch.Tensor | None:
+        """(B, F, 2): per finding the (view, slice) that shows it best, read from the images;
+        None for a model that reads no finding's place from them (this base)."""
+        return None
 
     def findings_present(self, findings_logits: torch.Tensor) -> torch.Tensor:
         """(B, F) logits -> (B, F) booleans: probability at or above `config.findings_threshold`."""
@@ -342,6 +350,7 @@ class ReportModelBase(PreTrainedModel):
             findings_logits=findings_logits,
             site_logits=site_logits,
             finding_sides=finding_sides,
+            key_slices=self.key_slices(encoding),
         )
 
     @torch.inference_mode()

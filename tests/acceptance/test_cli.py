@@ -94,4 +94,8 @@ def test_demo_command_runs_the_loop_and_shows_where_the_findings_were_planted(tm
         finding_size.group(0),
         impression_size.group(0),
     )
+    # the SR points to the image that shows each placed finding best, listed as a viewer lists it
+    assert out.count("Best illustration of finding: image ") == 2, out[-3000:]
+    key_image = r"Lung nodule PRESENT p=[\d.]+ \[site: [^]]*\] \[key image: series \d+, image \d+\]"
+    assert re.search(key_image, out), out[-1500:]
     assert list((tmp_path / "demo" / "storage").rglob("*.dcm"))  # the study the node stored

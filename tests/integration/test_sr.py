@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
+from pydicom.uid import CTImageStorage
 
 from node.sr import (
     ABSENT,
@@ -18,6 +20,7 @@ from node.sr import (
     AlgorithmInfo,
     CodedFinding,
     DeviceInfo,
+    ImageReference,
     ReplacedDocument,
     build_report_sr,
     sr_uids,
@@ -30,6 +33,7 @@ from tests.support.sr_fixtures import (
     DEVICE,
     FINDINGS,
     IMPRESSION_TEXT,
+    KEY_IMAGE,
     PREFIX,
     STUDY,
     build_kwargs,
@@ -149,6 +153,16 @@ def test_sr_validates_and_reads_back(tmp_path: Path, document: str, replaces: bo
         ("60046008", "SCT"): ("3120008", "24028007"),
         ("30746006", "SCT"): ("mesorectal-node",),
     }
+    # the image that shows the nodule best, among the evidence, for a viewer to open
+    assert back.key_images == {
+        ("786838002", "SCT"): (
+            "INFERRED FROM" if document == "comprehensive" else "CONTAINS",
+            CTImageStorage,
+            KEY_IMAGE.sop_instance_uid,
+            (),
+        ),
+    }
+    assert KEY_IMAGE.sop_instance_uid in {uid for *_, uid in expected}
     assert back.observer == {
         "Observer Type": "Device",
         "Device Observer UID": DEVICE.uid,
@@ -276,6 +290,7 @@ UNKNOWN_IOD[0].SOPClassUID = "1.2.826.0.1.3680043.8.498.71.99"
         (_bad(evidence=["not a dataset"]), TypeError),
         (_bad(evidence=ct_evidence()[0]), TypeError),
         (_bad(evidence=UNKNOWN_IOD), ValueError),
+        (_bad(evidence=ct_evidence()[:1]), ValueError),  # the nodule's key image is not among it
         (_bad(findings=[FINDINGS[0], FINDINGS[0]]), ValueError),
         (_bad(findings=[{"key": "x"}]), TypeError),
         (_bad(document="enhanced"), ValueError),
@@ -329,6 +344,12 @@ def test_probability_outside_unit_interval_is_refused(probability: object, error
 
 
 def test_value_objects_validate() -> None:
+    with pytest.raises(ValueError):
+        ImageReference(sop_class_uid=KEY_IMAGE.sop_class_uid, sop_instance_uid="1.2.03")
+    with pytest.raises(ValueError):
+        ImageReference(sop_class_uid=KEY_IMAGE.sop_class_uid, sop_instance_uid=STUDY, frame_number=0)
+    with pytest.raises(ValueError, match="absent"):
+        dataclasses.replace(FINDINGS[0], key_image=KEY_IMAGE)  # an absent finding has no image
     with pytest.raises(ValueError, match="loop safety|recognises"):
         DeviceInfo(uid=DEVICE.uid, name="n", manufacturer="ACME", model_name="m", software_version="1")
     with pytest.raises(ValueError):

@@ -11,7 +11,7 @@ import pytest
 
 from models.msvlm import MsVlmForReportGeneration, ReportGenerator
 from models.phantom import FINDINGS, Finding, PhantomSpec, write_study
-from models.training.data import load_study_views
+from models.training.data import finding_cuts, finding_regions, load_study, load_study_views, slice_targets
 from models.training.labeller import extract_findings, stated_site
 
 pytestmark = pytest.mark.model
@@ -68,6 +68,17 @@ def test_demo_model_names_planted_findings(generator: ReportGenerator, tmp_path:
         assert stated_site(report.text, key, config.sites_of(key)) == site, (report.text, report.sites)
         assert 0.0 < probability <= 1.0
     assert report.sites["lung_nodule"][0] == "right upper lobe", report.sites
+
+    # the image each placed finding shows best on is one the answer key says shows it
+    assert set(report.key_slices) == {"lung_nodule", "pleural_effusion"}, report.key_slices
+    loaded = load_study(tmp_path / "study")
+    names = config.finding_labels or []
+    truth = json.loads((tmp_path / "study" / "truth.json").read_text())
+    regions, cuts = finding_regions(tmp_path / "study"), finding_cuts(tmp_path / "study")
+    for key, (view, index) in report.key_slices.items():
+        pixels, geometry = loaded[view]
+        targets = slice_targets(geometry, pixels.pixels.shape[0], names, truth["labels"], regions, cuts)
+        assert targets[index, names.index(key)] == 1, (key, view, index, targets[:, names.index(key)])
 
 
 def test_demo_model_reads_the_nodules_side_from_the_images(

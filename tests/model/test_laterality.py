@@ -29,6 +29,7 @@ from models.msvlm.laterality import (
     UNKNOWN_SIDE,
     body_centre,
     constrain_sites,
+    key_slices,
     sides,
     site_sides,
     token_halves,
@@ -149,6 +150,22 @@ def test_a_finding_that_may_lie_on_both_sides_does_when_each_sides_token_shows_i
     assert read([6.5], [6.3], nodule) == 0  # a nodule lies on one side: the stronger
     # the patient's left in a mirrored view lies before the body's centre across the image
     assert read([6.0, -3.0], [-3.0, 6.0], effusion) == 0
+
+
+def test_key_slices_are_where_the_best_token_shows_each_selected_finding() -> None:
+    halves = torch.full((2, 2, 3, 3, 4), -5.0)
+    halves[0, 1, 2, 0, 3] = 4.0  # study 0: finding 0 best in view 1, slice 2
+    halves[0, 0, 1, 0, 0] = 3.0
+    halves[0, 0, 0, 1, 1] = -0.5  # finding 1's best token does not show it
+    halves[0, :, :, 2] = 1.0  # finding 2 shows everywhere alike: the first view and slice
+    halves[1, 1] = -torch.inf  # study 1 has one view, the other is padding
+    halves[1, 0, 1, 0, 2] = 0.0  # at the threshold
+    selected = torch.tensor([True, True, True])
+    out = key_slices(halves, selected).tolist()
+    assert out[0] == [[1, 2], [-1, -1], [0, 0]]
+    assert out[1] == [[0, 1], [-1, -1], [-1, -1]]
+    assert key_slices(halves, torch.tensor([False, True, True])).tolist()[0][0] == [-1, -1]
+    assert key_slices(torch.full((1, 1, 2, 3, 4), -torch.inf), selected).tolist() == [[[-1, -1]] * 3]
 
 
 def test_site_side_reads_the_first_word() -> None:
@@ -312,6 +329,41 @@ def test_the_report_generator_passes_each_views_orientation(
 
     assert {side(AXIAL), side(MIRRORED)} == {0, 1}
     side(None)
+
+
+def test_the_report_names_the_slice_that_shows_a_placed_finding_best(
+    tiny_config: MsVlmConfig, processor: MsVlmProcessor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a finding called present gets one, and its slice is counted in the view as given,
+    not as resampled for the model."""
+    torch.manual_seed(0)
+    model = MsVlmForReportGeneration(_config(tiny_config, findings_threshold=1e-6))
+    generator = ReportGenerator(model=model, processor=processor, placement=Placement.for_device("cpu"))
+    many = processor.settings.max_slices_per_view + 6
+    rng = np.random.default_rng(3)
+    views = [
+        ViewInput(pixels=rng.normal(0.0, 300.0, (n, 32, 32)).astype(np.float32), modality="CT", view_key=key)
+        for n, key in ((4, "CT:axial:venous"), (many, "CT:coronal:venous"))
+    ]
+    labels = list(model.config.finding_labels or [])
+    nodule = labels.index("lung_nodule")
+    read = torch.full((1, len(labels), 2), -1)
+    read[0, nodule] = torch.tensor([1, processor.target_slices(many) - 1])  # the resampled view's last
+    monkeypatch.setattr(model, "key_slices", lambda encoding: read)
+    report = generator.generate_report(views, max_new_tokens=2)
+    assert report.key_slices == {"lung_nodule": (1, many - 1)}
+
+    model.config.findings_threshold = 1 - 1e-6  # nothing called present: no key image
+    assert generator.generate_report(views, max_new_tokens=2).key_slices == {}
+
+
+def test_a_resampled_slice_maps_back_to_the_nearest_slice_of_the_view(processor: MsVlmProcessor) -> None:
+    most = processor.settings.max_slices_per_view
+    assert [processor.source_slice(4, k) for k in range(4)] == [0, 1, 2, 3]
+    assert processor.source_slice(2 * most - 1, most - 1) == 2 * most - 2  # the ends are kept
+    assert processor.source_slice(2 * most - 1, 1) == 2
+    with pytest.raises(ValueError, match="slice"):
+        processor.source_slice(2 * most - 1, most)
 
 
 def _token_head_asked_but_not_saved(

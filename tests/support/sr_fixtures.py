@@ -8,8 +8,17 @@ from datetime import datetime
 
 import highdicom as hd
 from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, generate_uid
 
-from node.sr import AlgorithmInfo, CodedFinding, DeviceInfo, FindingSite, ReplacedDocument, sr_uids
+from node.sr import (
+    AlgorithmInfo,
+    CodedFinding,
+    DeviceInfo,
+    FindingSite,
+    ImageReference,
+    ReplacedDocument,
+    sr_uids,
+)
 from tests.support.dicom import ct_slice
 
 PREFIX = "1.2.826.0.1.3680043.8.498.71."
@@ -23,6 +32,10 @@ DEVICE = DeviceInfo(
     model_name="msvlm-node",
     software_version="0.1.0",
     station_name="MSVLM",
+)
+#: the nodule's key image: the second series' first slice (`ct_evidence` makes the same UID)
+KEY_IMAGE = ImageReference(
+    sop_class_uid=CTImageStorage, sop_instance_uid=generate_uid(entropy_srcs=[STUDY, SERIES[1], "0"])
 )
 ALGORITHM = AlgorithmInfo(name="MS-VLM demo", version="0.3.1", weights_sha256="0123456789abcdef" * 4)
 FINDINGS = (
@@ -57,6 +70,7 @@ FINDINGS = (
         code_meaning="Pulmonary nodule",
         probability=0.5,
         present=True,
+        key_image=KEY_IMAGE,
     ),
     CodedFinding(
         key="nodes",
@@ -153,8 +167,22 @@ class ReadBack:
     coded: dict[tuple[str, str], tuple[str, bool, float]] = field(default_factory=dict)
     #: (code value, scheme) of a finding -> its Finding Site's code values: structure, then any modifier's
     sites: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    #: (code value, scheme) of a finding -> its "Best illustration of finding": relationship
+    #: (INFERRED FROM under it, or CONTAINS after it in Basic Text), SOP class, SOP instance, frames
+    key_images: dict[tuple[str, str], tuple[str, str, str, tuple[int, ...]]] = field(default_factory=dict)
     observer: dict[str, str] = field(default_factory=dict)
     continuity: dict[str, str] = field(default_factory=dict)
+
+
+def _image(item: Dataset) -> tuple[str, str, str, tuple[int, ...]]:
+    ref = item.ReferencedSOPSequence[0]
+    frames = ref.get("ReferencedFrameNumber", []) or []
+    return (
+        item.RelationshipType,
+        ref.ReferencedSOPClassUID,
+        ref.ReferencedSOPInstanceUID,
+        tuple(int(f) for f in (frames if isinstance(frames, list | tuple) else [frames])),
+    )
 
 
 def read_back(ds: Dataset) -> ReadBack:
@@ -192,6 +220,10 @@ def read_back(ds: Dataset) -> ReadBack:
                             m.ConceptCodeSequence[0].CodeValue for m in site.get("ContentSequence", [])
                         ]
                         out.sites[last] = (site.ConceptCodeSequence[0].CodeValue, *modifiers)
+                    if site.ConceptNameCodeSequence[0].CodeValue == "121080":
+                        out.key_images[last] = _image(site)
+            elif name.value == "121080" and last is not None:
+                out.key_images[last] = _image(child)
             elif name.value == "122157" and last is not None:
                 meaning_, present, _ = out.coded[last]
                 out.coded[last] = (meaning_, present, float(child.value))

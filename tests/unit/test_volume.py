@@ -118,9 +118,12 @@ def ct_series(tmp_path: Path) -> list[Dataset]:
 def test_series_loads_sorted_in_hu(tmp_path: Path, ct_series: list[Dataset]) -> None:
     paths = write(ct_series, tmp_path)
     shuffled = paths[::3] + paths[1::3] + paths[2::3]
-    volume = load_view(manual_view(shuffled), settings=RAW_CT)
+    view = manual_view(shuffled)
+    volume = load_view(view, settings=RAW_CT)
     np.testing.assert_array_equal(volume.pixels, expected_hu(12))
     assert volume.positions == pytest.approx([2.0 * i for i in range(12)])
+    # each sorted slice knows which of the view's slices it is (a key image is traced back so)
+    assert [view.slices[k].path for k in volume.sources] == [str(p) for p in paths]
     assert volume.spacing == (2.0, 0.8, 0.8)
     assert volume.warnings == ()
 
@@ -216,10 +219,12 @@ def test_enhanced_ct_applies_per_frame_rescale(tmp_path: Path) -> None:
 def test_duplicates_dropped_with_warning_or_error(tmp_path: Path, ct_series: list[Dataset]) -> None:
     again = make_slice(series_uid=ct_series[0].SeriesInstanceUID, index=4, sop_uid=uid("dup"))
     paths = write([*ct_series, again], tmp_path)
-    volume = load_view(manual_view(paths), settings=RAW_CT)
+    view = manual_view(paths)
+    volume = load_view(view, settings=RAW_CT)
     assert volume.pixels.shape[0] == 12
     np.testing.assert_array_equal(volume.pixels, expected_hu(12))
     assert any("duplicate" in w for w in volume.warnings)
+    assert volume.sources == tuple(range(12))  # the first of the two at slice 4's place is kept
     with pytest.raises(DuplicateSliceError, match="on_duplicate"):
         load_view(manual_view(paths), settings=VolumeSettings(on_duplicate="error"))
 
