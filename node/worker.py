@@ -24,20 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Settings
 from node.deliver import schedule_first_attempts
 from node.errors import ConfigError, NodeError
+from node.evidence import evidence_for, find_key_images, stored_instances
 from node.findings import FindingCode, finding_codes
 from node.jobs import JobState, StaleJobState, claim_next, renew_lease, transition
 from node.manifest import Manifest
 from node.modelinfo import ModelIdentity
 from node.narrative import impression_from_findings, restate_measurements, split_report
-from node.schema import Instance, Job, Result, Series
+from node.schema import Job, Result
 from node.sop_classes import SR_DOCUMENT_SOP_CLASS
 from node.store import TEMP_SUFFIX, InstanceStore
 from node.volume import load_view
@@ -208,7 +207,7 @@ def _process(
     ctx: WorkerContext, job_id: int, attempt: int, manifest: Manifest, supersedes: int | None
 ) -> _Outcome:
     from models.msvlm.processing_msvlm import ViewInput
-    from node.sr import AlgorithmInfo, CodedFinding, DeviceInfo, ImageReference, build_report_sr, sr_uids
+    from node.sr import AlgorithmInfo, CodedFinding, DeviceInfo, build_report_sr, sr_uids
     from node.srcheck import validate_sr
 
     started = time.perf_counter()
@@ -238,21 +237,8 @@ def _process(
             },
         )
     restated_by_key = {change.key: change for change in restated}
-    stored = _stored_instances(ctx, manifest)
-    # the slice that shows each finding best, traced back to its instance (and frame)
-    key_refs = {
-        key: (manifest.views[view].series_instance_uid, manifest.views[view].slices[sources[view][index]])
-        for key, (view, index) in output.key_slices.items()
-    }
-    key_images = {
-        key: ImageReference(
-            sop_class_uid=stored[ref.sop_instance_uid].sop_class_uid,
-            sop_instance_uid=ref.sop_instance_uid,
-            frame_number=None if ref.frame is None else ref.frame + 1,
-        )
-        for key, (_, ref) in key_refs.items()
-        if ref.sop_instance_uid in stored
-    }
+    stored = stored_instances(ctx.factory, manifest.study_instance_uid)
+    key_images = find_key_images(manifest, sources, output.key_slices, stored)
     coded = [
         CodedFinding(
             key=key,
@@ -264,13 +250,13 @@ def _process(
             present=output.present[key],
             # the site the narrative was told; coded when the vocabulary codes that site
             site=code.sites.get(output.sites[key][0]) if key in output.sites else None,
-            key_image=key_images.get(key),
+            key_image=key_images[key].reference if key in key_images else None,
         )
         for key, probability in output.findings.items()
         if (code := ctx.codes.get(key)) is not None
     ]
     impression_text = impression_text or impression_from_findings(coded)
-    evidence = _evidence(ctx, manifest, stored)
+    evidence = evidence_for(ctx.store.root, manifest, stored)
     series_uid, sop_uid = sr_uids(ctx.settings.node.uid_prefix, job_id, attempt)
     replaces = _replaced_document(ctx, supersedes)
     dataset = build_report_sr(
@@ -326,20 +312,7 @@ def _process(
                 # the side the images show (the token that shows it), which the site lies on
                 **({"side_from_images": output.image_sides[f.key]} if f.key in output.image_sides else {}),
                 # the image that shows it best, which the SR points to ("Best illustration of finding")
-                **(
-                    {
-                        "key_image": {
-                            "series_instance_uid": key_refs[f.key][0],
-                            "sop_instance_uid": f.key_image.sop_instance_uid,
-                            # as a viewer lists it: "series 3, image 17"
-                            "series_number": stored[f.key_image.sop_instance_uid].series_number,
-                            "instance_number": stored[f.key_image.sop_instance_uid].instance_number,
-                            **({"frame": f.key_image.frame_number} if f.key_image.frame_number else {}),
-                        }
-                    }
-                    if f.key_image is not None
-                    else {}
-                ),
+                **({"key_image": key_images[f.key].as_json()} if f.key in key_images else {}),
                 # the impression gave another size; it now gives the findings' (`restate_measurements`)
                 **(
                     {"impression_restated_from_mm": restated_by_key[f.key].impression_mm}
@@ -367,56 +340,6 @@ def _process(
             "report_seconds": round(reported - inferred, 3),
         },
     )
-
-
-@dataclass(frozen=True)
-class _Stored:
-    """What the ledger knows of one source instance: its SOP class and where a viewer lists it."""
-
-    sop_class_uid: str
-    series_number: int | None
-    instance_number: int | None
-
-
-def _stored_instances(ctx: WorkerContext, manifest: Manifest) -> dict[str, _Stored]:
-    """SOP Instance UID -> the ledger's record of each of the study's instances."""
-    with ctx.factory() as session:
-        rows = session.execute(
-            select(
-                Instance.sop_instance_uid,
-                Instance.sop_class_uid,
-                Series.series_number,
-                Instance.instance_number,
-            )
-            .join(Series, Series.series_instance_uid == Instance.series_instance_uid)
-            .where(Instance.study_instance_uid == manifest.study_instance_uid)
-        ).all()
-    return {uid: _Stored(sop_class, series, instance) for uid, sop_class, series, instance in rows}
-
-
-def _evidence(ctx: WorkerContext, manifest: Manifest, stored: dict[str, _Stored]) -> list[Dataset]:
-    """Every source instance used, as the SR builder wants them.
-
-    Only the first is read from disk (patient and study modules are copied from
-    it); the others need just their UIDs, which the ledger has — reading 300
-    headers again would cost more than the whole SR.
-    """
-    refs = {
-        ref.sop_instance_uid: (view.series_instance_uid, ref.path)
-        for view in manifest.views
-        for ref in view.slices
-    }
-    ordered = sorted(refs)
-    first = dcmread(ctx.store.root / refs[ordered[0]][1], stop_before_pixels=True)
-    evidence: list[Dataset] = [first]
-    for sop in ordered[1:]:
-        item = Dataset()
-        item.StudyInstanceUID = manifest.study_instance_uid
-        item.SeriesInstanceUID = refs[sop][0]
-        item.SOPClassUID = stored[sop].sop_class_uid if sop in stored else first.SOPClassUID
-        item.SOPInstanceUID = sop
-        evidence.append(item)
-    return evidence
 
 
 def device_uid(settings: Settings) -> str:
