@@ -252,6 +252,13 @@ def _settled_phantom_job(database_url: str, tmp_path: Path) -> tuple[Ledger, int
             "site": "right upper lobe",
             "site_probability": 0.62,
             "side_from_images": "right",
+            "key_image": {
+                "series_instance_uid": "1.2.3",
+                "sop_instance_uid": "1.2.3.4",
+                "series_number": 3,
+                "instance_number": 17,
+            },
+            "impression_restated_from_mm": "16",
         },
         {
             "key": "pleural_effusion",
@@ -344,6 +351,8 @@ def test_job_page_in_headless_chromium(database_url: str, tmp_path: Path) -> Non
         "Absent",
         "right upper lobe",
         "(p 0.62; side read from the images)",
+        "series 3, image 17",
+        "impression gave lung nodule as 16 mm",
         "CT:axial:non_contrast",
         "CT:coronal:venous",
         "localizer",
