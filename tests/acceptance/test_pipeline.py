@@ -83,6 +83,13 @@ def test_study_to_validated_sr_at_the_pacs(
     with_site = [f for f in detail["result"]["findings"] if "site" in f]
     assert with_site == [f for f in detail["result"]["findings"] if f["present"] and f["key"] in sited]
     assert len(back.sites) == len(with_site)
+    # each key image is an instance the model read, placed and present, and the SR points to it
+    keyed = {f["code"]: f["key_image"] for f in detail["result"]["findings"] if "key_image" in f}
+    assert keyed and set(keyed) <= {f["code"] for f in with_site}  # the tiny model's nodule has one
+    assert all(image["sop_instance_uid"] in used for image in keyed.values())
+    assert {code: image["sop_instance_uid"] for code, image in keyed.items()} == {
+        f"{scheme}:{value}": uid for (value, scheme), (_, _, uid, _) in back.key_images.items()
+    }
     assert detail["result"]["sr_sop_instance_uid"] == sr.SOPInstanceUID
     assert [d["state"] for d in detail["deliveries"]] == ["succeeded"]
     assert all(detail["timings"][k] is not None for k in ("load_seconds", "infer_seconds", "report_seconds"))
