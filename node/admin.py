@@ -146,6 +146,22 @@ def show_job(session: Session, job_id: int) -> dict[str, Any]:
     }
 
 
+def finding_line(finding: dict[str, Any]) -> str:
+    """One coded finding of a job's result, for a terminal: "Lung nodule PRESENT p=0.99 [site:
+    right upper lobe, p=0.62; side read from the images] [key image: series 4, image 2]"."""
+    presence = "PRESENT" if finding["present"] else "absent"
+    out = f"{finding['display']} {presence} p={finding['probability']:.2f}"
+    if "site" in finding:
+        side = "; side read from the images" if "side_from_images" in finding else ""
+        out += f" [site: {finding['site']}, p={finding['site_probability']:.2f}{side}]"
+    image = finding.get("key_image")
+    if image is not None:
+        out += f" [key image: series {image['series_number']}, image {image['instance_number']}]"
+    if "impression_restated_from_mm" in finding:
+        out += f" [impression said {finding['impression_restated_from_mm']} mm]"
+    return out
+
+
 def retry_job(session: Session, job_id: int, *, actor: str) -> JobState:
     """Send a finished (or failed) job back to pending, with a fresh attempt budget.
 

@@ -101,7 +101,7 @@ def _cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
-    from node.admin import show_job
+    from node.admin import finding_line, show_job
 
     with _session(settings) as session:
         job = show_job(session, args.job_id)
@@ -135,13 +135,9 @@ def _cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
     if job["result"]:
         print("report:\n  " + job["result"]["report"].replace("\n", "\n  "))
         print("impression:\n  " + job["result"]["impression"])
-        print(
-            "findings: "
-            + ", ".join(
-                f"{f['display']} {'present' if f['present'] else 'absent'} ({f['probability']:.2f})"
-                for f in job["result"]["findings"]
-            )
-        )
+        print("findings:")
+        for finding in job["result"]["findings"]:
+            print(f"  {finding_line(finding)}")
     for d in job["deliveries"]:
         print(
             f"delivery {d['destination']} attempt {d['attempt']}: {d['state']} {d['status'] or ''} "

@@ -18,12 +18,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
+from node.admin import finding_line
 from node.errors import NodeError
 
 SR_CLASSES = (
@@ -62,22 +62,6 @@ def _sr_text(ds: Dataset) -> list[str]:
 
     walk(list(ds.get("ContentSequence", [])), 0)
     return lines
-
-
-def _key_image_note(finding: dict[str, Any]) -> str:
-    """ " [key image: series 3, image 17]" as a viewer lists it, or "" without one."""
-    image = finding.get("key_image")
-    if image is None:
-        return ""
-    return f" [key image: series {image['series_number']}, image {image['instance_number']}]"
-
-
-def _site_note(finding: dict[str, Any]) -> str:
-    """ " [site: right upper lobe, p=0.62; side read from the images]", or "" without a site."""
-    if "site" not in finding:
-        return ""
-    side = "; side read from the images" if "side_from_images" in finding else ""
-    return f" [site: {finding['site']}, p={finding['site_probability']:.2f}{side}]"
 
 
 def run_demo(workdir: Path | None = None, timeout: float = 600.0) -> int:
@@ -217,15 +201,7 @@ host = "127.0.0.1"
                 if k.endswith("_seconds") and v is not None
             )
         )
-        print(
-            "findings: "
-            + ", ".join(
-                f"{f['display']} {'PRESENT' if f['present'] else 'absent'} p={f['probability']:.2f}"
-                + _site_note(f)
-                + _key_image_note(f)
-                for f in detail["result"]["findings"]
-            )
-        )
+        print("findings: " + ", ".join(finding_line(f) for f in detail["result"]["findings"]))
         print(f"\ndemo: ledger {root / 'ledger.db'}, log {log_path}")
         print(
             f"demo: the node's dashboard was at http://127.0.0.1:{api_port}/jobs/{job_id} while it ran; "

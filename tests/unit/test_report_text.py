@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from node.admin import finding_line
 from node.narrative import (
     Restatement,
     impression_from_findings,
@@ -99,3 +100,23 @@ def test_what_cannot_be_matched_one_to_one_is_left_as_written() -> None:
     ]
     for findings, impression in cases:
         assert restate_measurements(findings, impression, KEYS) == (impression, []), (findings, impression)
+
+
+def test_a_finding_reads_on_one_terminal_line_with_its_site_key_image_and_correction() -> None:
+    nodule = {
+        "display": "Lung nodule",
+        "present": True,
+        "probability": 0.988,
+        "site": "right lower lobe",
+        "site_probability": 0.6,
+        "side_from_images": "right",
+        "key_image": {"series_number": 4, "instance_number": 2, "sop_instance_uid": "1.2.3"},
+        "impression_restated_from_mm": "16",
+    }
+    assert finding_line(nodule) == (
+        "Lung nodule PRESENT p=0.99 [site: right lower lobe, p=0.60; side read from the images] "
+        "[key image: series 4, image 2] [impression said 16 mm]"
+    )
+    assert finding_line({"display": "Cardiomegaly", "present": False, "probability": 0.001}) == (
+        "Cardiomegaly absent p=0.00"
+    )
