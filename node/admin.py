@@ -156,7 +156,8 @@ def finding_line(finding: dict[str, Any]) -> str:
         out += f" [site: {finding['site']}, p={finding['site_probability']:.2f}{side}]"
     image = finding.get("key_image")
     if image is not None:
-        out += f" [key image: series {image['series_number']}, image {image['instance_number']}]"
+        series, number = image.get("series_number") or "?", image.get("instance_number") or "?"
+        out += f" [key image: series {series}, image {number}]"
     if "impression_restated_from_mm" in finding:
         out += f" [impression said {finding['impression_restated_from_mm']} mm]"
     return out

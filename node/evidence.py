@@ -64,7 +64,7 @@ def stored_instances(factory: Callable[[], Session], study_instance_uid: str) ->
                 Series.series_number,
                 Instance.instance_number,
             )
-            .join(Series, Series.series_instance_uid == Instance.series_instance_uid)
+            .outerjoin(Series, Series.series_instance_uid == Instance.series_instance_uid)
             .where(Instance.study_instance_uid == study_instance_uid)
         ).all()
     return {uid: StoredInstance(sop_class, series, instance) for uid, sop_class, series, instance in rows}

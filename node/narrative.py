@@ -92,15 +92,24 @@ def _sentences(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.group().strip()]
 
 
+#: how many words after a measurement may name what it measures ("12 mm solid nodule",
+#: "29 mm lesion in the left lobe of the liver", "30 mm mass arising from the rectum")
+_DESCRIBES_WITHIN_WORDS = 8
+
+
 def _stated_size(text: str, span: tuple[int, int], key: str, keys: Sequence[str]) -> re.Match[str] | None:
-    """The one measurement of a sentence that affirms `key` and no other of `keys`; None
-    when it does not, or gives none or several (a size "12 x 8 mm" is not restated)."""
+    """The one measurement of a sentence that affirms `key` and no other of `keys`, when the
+    words after it name the finding (so it is the finding's size, not a threshold: "nodules
+    over 8 mm"); None otherwise, or when it gives none or several ("12 x 8 mm" is left)."""
     sentence = text[span[0] : span[1]]
     lowered = sentence.lower()
     if not mentions(lowered, key) or any(mentions(lowered, k) for k in keys if k != key):
         return None
     found = list(_MEASUREMENT.finditer(sentence))
-    return found[0] if len(found) == 1 and not found[0].group(2) else None
+    if len(found) != 1 or found[0].group(2):
+        return None
+    after = " ".join(lowered[found[0].end() :].split()[:_DESCRIBES_WITHIN_WORDS])
+    return found[0] if mentions(after, key) else None
 
 
 def restate_measurements(

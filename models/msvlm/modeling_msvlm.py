@@ -150,8 +150,9 @@ class MsVlmForReportGeneration(ReportModelBase):
         Why: a radiologist reading the report wants to see the finding, and the token that
         shows it says on which image. On the demo's held-out phantoms, the slice found this way
         for a finding the model called was one the answer key says shows it for 18 of 20
-        nodules (the other two in the partial-volume band), 34 of 35 node conglomerates, 5 of 5
-        liver lesions and 8 of 11 rectal lesions (README "Key images").
+        nodules (the other two in the partial-volume band), 15 of 15 effusions, 34 of 35 node
+        conglomerates, 5 of 5 liver lesions and 8 of 11 rectal lesions (README "The image that
+        shows it").
         """
         if encoding.token_halves is None:
             return None

@@ -95,6 +95,10 @@ def test_what_cannot_be_matched_one_to_one_is_left_as_written() -> None:
         # the impression's sentence names two findings, or gives two sizes
         ("A 12 mm nodule in the right upper lobe.", "14 mm pulmonary nodule and liver lesion."),
         ("A 12 mm nodule in the right upper lobe.", "14 mm pulmonary nodule, previously 10 mm."),
+        # the impression's size is a threshold, not the nodule's
+        ("A 12 mm nodule in the right upper lobe.", "Pulmonary nodule; nodules over 8 mm warrant PET-CT."),
+        # the findings' size is not the nodule's
+        ("Pulmonary nodule in the right upper lobe, within 5 mm of the fissure.", "9 mm pulmonary nodule."),
         # no impression at all
         ("A 12 mm nodule in the right upper lobe.", ""),
     ]
@@ -120,3 +124,5 @@ def test_a_finding_reads_on_one_terminal_line_with_its_site_key_image_and_correc
     assert finding_line({"display": "Cardiomegaly", "present": False, "probability": 0.001}) == (
         "Cardiomegaly absent p=0.00"
     )
+    unnumbered = {**nodule, "key_image": {"series_number": None, "instance_number": None}}
+    assert "[key image: series ?, image ?]" in finding_line(unnumbered)  # a scanner left them out
