@@ -21,6 +21,7 @@ from node.store import SPACE_CHECK_SECONDS
 from tests.support import dcmtk
 from tests.support.dicom import ct_slice, dataset_bytes, write_ct_series
 from tests.support.node import NodeProcess
+from tests.support.pipeline import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -121,10 +122,15 @@ def test_storescu_series_is_stored_byte_identical_and_indexed_once(
         _rows(node.database_url, select(func.count()).select_from(Series))[0][0],
     )
     assert counts == (1, 1)
-    released = _rows(
-        node.database_url, select(Association.instances_received).where(Association.outcome == "released")
-    )
-    assert sorted(r[0] for r in released) == sorted(len(c) for c in chunks)
+
+    # The node records a release after answering it, so a peer may exit a moment before its row says so.
+    def ended() -> list[tuple[str, int]] | None:
+        rows = _rows(node.database_url, select(Association.outcome, Association.instances_received))
+        done = len(rows) == associations and all(r.outcome != "open" for r in rows)
+        return sorted((r.outcome, r.instances_received) for r in rows) if done else None
+
+    outcomes = wait_for(ended, 10, "every association to be recorded as ended", node)
+    assert outcomes == sorted(("released", len(c)) for c in chunks)
 
 
 def test_repeated_sop_instance_replaces_the_stored_copy(node: NodeProcess, tmp_path: Path) -> None:
