@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from node.schema import Association, Instance
 from tests.support import dcmtk
 from tests.support.dicom import write_ct_series
 from tests.support.node import NodeProcess
+from tests.support.pipeline import ledger, wait_for
 from tests.support.tls import make_pki
 
 pytestmark = pytest.mark.integration
@@ -67,13 +68,15 @@ def test_tls_association_needs_a_client_certificate(
     plain = dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port), timeout=60)
     assert plain.returncode != 0
 
-    engine = create_engine(node.database_url)
-    with engine.connect() as conn:
-        assert conn.execute(
-            select(Association.tls).where(Association.outcome == "released")
-        ).scalars().all() == [True]
-        assert len(conn.execute(select(Instance.id)).all()) == 3
-    engine.dispose()
+    # the node records a release just after answering it
+    released = wait_for(
+        lambda: ledger(node.database_url, select(Association.tls).where(Association.outcome == "released")),
+        10,
+        "the TLS association to be recorded as released",
+        node,
+    )
+    assert [r.tls for r in released] == [True]
+    assert len(ledger(node.database_url, select(Instance.id))) == 3
     # the failed handshakes did not stop the node
     again = dcmtk.run(
         "echoscu",
