@@ -14,25 +14,16 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
 from node.schema import Association, Instance, Series, Study
 from node.store import SPACE_CHECK_SECONDS
 from tests.support import dcmtk
 from tests.support.dicom import ct_slice, dataset_bytes, write_ct_series
 from tests.support.node import NodeProcess
-from tests.support.pipeline import wait_for
+from tests.support.pipeline import ledger, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _rows(url: str, stmt):  # type: ignore[no-untyped-def]
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(stmt).all()
-    finally:
-        engine.dispose()
 
 
 def _storescu(node: NodeProcess, *files: Path, aet: str = "STORESCU") -> subprocess.CompletedProcess[str]:
@@ -54,7 +45,7 @@ def test_echo_succeeds_and_unknown_or_wrong_called_ae_are_rejected(node: NodePro
         dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port)).returncode == 0
     )
 
-    rejected = _rows(
+    rejected = ledger(
         node.database_url,
         select(Association.calling_ae, Association.rejection_reason, Association.rejection_code)
         .where(Association.outcome == "rejected")
@@ -70,7 +61,7 @@ def test_peer_host_check_rejects_the_right_ae_from_the_wrong_host(node_factory: 
     node = node_factory(peers=[{"ae_title": "STORESCU", "host": "10.1.2.3"}]).start()
     result = dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port))
     assert result.returncode != 0
-    reasons = _rows(node.database_url, select(Association.rejection_reason, Association.rejection_code))
+    reasons = ledger(node.database_url, select(Association.rejection_reason, Association.rejection_code))
     assert "not allowed from 127.0.0.1" in reasons[0][0] and reasons[0][1] == "calling_host"
 
 
@@ -103,7 +94,7 @@ def test_storescu_series_is_stored_byte_identical_and_indexed_once(
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
 
-    rows = _rows(
+    rows = ledger(
         node.database_url,
         select(Instance.sop_instance_uid, Instance.path, Instance.size_bytes, Instance.receive_count),
     )
@@ -118,14 +109,14 @@ def test_storescu_series_is_stored_byte_identical_and_indexed_once(
         assert stored[sop].stat().st_size == dict((r.sop_instance_uid, r.size_bytes) for r in rows)[sop]
     assert not list(node.storage.rglob("*.tmp"))
     counts = (
-        _rows(node.database_url, select(func.count()).select_from(Study))[0][0],
-        _rows(node.database_url, select(func.count()).select_from(Series))[0][0],
+        ledger(node.database_url, select(func.count()).select_from(Study))[0][0],
+        ledger(node.database_url, select(func.count()).select_from(Series))[0][0],
     )
     assert counts == (1, 1)
 
     # The node records a release after answering it, so a peer may exit a moment before its row says so.
     def ended() -> list[tuple[str, int]] | None:
-        rows = _rows(node.database_url, select(Association.outcome, Association.instances_received))
+        rows = ledger(node.database_url, select(Association.outcome, Association.instances_received))
         done = len(rows) == associations and all(r.outcome != "open" for r in rows)
         return sorted((r.outcome, r.instances_received) for r in rows) if done else None
 
@@ -137,7 +128,7 @@ def test_repeated_sop_instance_replaces_the_stored_copy(node: NodeProcess, tmp_p
     [path] = write_ct_series(tmp_path / "a", 1)
     assert _storescu(node, path).returncode == 0
     assert _storescu(node, path).returncode == 0
-    [(count,)] = _rows(node.database_url, select(Instance.receive_count))
+    [(count,)] = ledger(node.database_url, select(Instance.receive_count))
     assert count == 2
     assert len(list(node.storage.rglob("*.dcm"))) == 1
 
@@ -198,7 +189,7 @@ def test_bad_instances_get_their_specific_status_and_the_node_keeps_serving(
     # none of these left a file or a row; a good instance still goes through
     assert not list(node.storage.rglob("*.dcm")) if node.storage.exists() else True
     assert _storescu(node, path).returncode == 0
-    [(sop,)] = _rows(node.database_url, select(Instance.sop_instance_uid))
+    [(sop,)] = ledger(node.database_url, select(Instance.sop_instance_uid))
     assert sop == good.SOPInstanceUID
     log = node.log()
     assert "status_name=CANNOT_UNDERSTAND" in log and "status_name=INVALID_UID" in log
@@ -233,7 +224,7 @@ def test_echoes_and_stores_share_an_association_on_either_c_store_path(
         finally:
             assoc.release()
         assert answers == [0, 0, 0, 0, 0], max_pdu
-        stored = _rows(
+        stored = ledger(
             node.database_url,
             select(Instance.sop_instance_uid, Instance.path).where(Instance.series_instance_uid == series),
         )
@@ -243,10 +234,10 @@ def test_echoes_and_stores_share_an_association_on_either_c_store_path(
             assert dataset_bytes(node.storage / row[1]) == _encoded(source)
         latest = select(Association.outcome, Association.instances_received).order_by(Association.id.desc())
         deadline = time.monotonic() + 10
-        while _rows(node.database_url, latest.limit(1))[0][0] != "released":
+        while ledger(node.database_url, latest.limit(1))[0][0] != "released":
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert _rows(node.database_url, latest.limit(1)) == [("released", 3)]
+        assert ledger(node.database_url, latest.limit(1)) == [("released", 3)]
 
 
 def _encoded(dataset) -> bytes:  # type: ignore[no-untyped-def]
@@ -269,7 +260,7 @@ def test_own_structured_report_is_stored_but_marked_as_our_output(node: NodeProc
     sr.Manufacturer = "msvlm-node"
     del sr.PixelData
     assert _send_with_pynetdicom(node, sr, sr.SOPClassUID, sr.SOPInstanceUID) == 0x0000
-    [(own,)] = _rows(node.database_url, select(Series.own_output))
+    [(own,)] = ledger(node.database_url, select(Series.own_output))
     assert own is True
 
 
@@ -287,7 +278,7 @@ def test_disk_watermark_refuses_with_a700_then_accepts_again(
         assert "refused: outofresources" in (result.stdout + result.stderr).lower()
         assert "status=0xA700" in node.log()
         assert not list(node.storage.rglob("*.dcm"))
-        assert _rows(node.database_url, select(func.count()).select_from(Instance))[0][0] == 0
+        assert ledger(node.database_url, select(func.count()).select_from(Instance))[0][0] == 0
     finally:
         ballast.unlink()
     time.sleep(SPACE_CHECK_SECONDS + 0.2)  # the node re-reads free space at most this often
@@ -319,7 +310,7 @@ def test_sigterm_finishes_in_flight_association_and_exits_cleanly(node: NodeProc
     assert node.stop() == 0
     _, err = sender.communicate(timeout=60)
     assert sender.returncode == 0, err
-    [(count,)] = _rows(node.database_url, select(func.count()).select_from(Instance))
+    [(count,)] = ledger(node.database_url, select(func.count()).select_from(Instance))
     assert count == len(files)
     assert "receive.stopped" in node.log()
     refused = dcmtk.run("echoscu", "-aet", "STORESCU", "-aec", "MSVLM", "127.0.0.1", str(node.port))
@@ -356,7 +347,7 @@ def test_two_receiver_processes_take_concurrent_associations_two_each(
             assoc.release()
     deadline = time.monotonic() + 30
     while True:
-        per_receiver = _rows(
+        per_receiver = ledger(
             node.database_url,
             select(Association.receiver, func.count())
             .where(Association.outcome == "released")
@@ -366,4 +357,4 @@ def test_two_receiver_processes_take_concurrent_associations_two_each(
             break
         time.sleep(0.2)
     assert sorted(n for _, n in per_receiver) == [2, 2], node.problems()
-    assert _rows(node.database_url, select(func.count()).select_from(Instance))[0][0] == 4
+    assert ledger(node.database_url, select(func.count()).select_from(Instance))[0][0] == 4
