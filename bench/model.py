@@ -184,12 +184,14 @@ def run_once(
     gen: dict[str, float | None] = {}
     with torch.inference_mode(), placement.autocast():
         with clock.measure(enc):
-            features, halves = model.encode_views_with_tokens(inputs["pixel_values"], inputs["slice_mask"])
+            features, halves, best = model.encode_views_with_tokens(
+                inputs["pixel_values"], inputs["slice_mask"]
+            )
         with clock.measure(zf):
             encoding = model.encode_study(
                 slice_features=features, slice_mask=inputs["slice_mask"], view_ids=inputs["view_ids"]
             )
-        encoding = replace(encoding, token_halves=halves)
+        encoding = replace(encoding, token_halves=halves, best_tokens=best)
         with clock.measure(gen):
             output = model.generate_from_encoding(
                 encoding,

@@ -157,7 +157,9 @@ def finding_line(finding: dict[str, Any]) -> str:
     image = finding.get("key_image")
     if image is not None:
         series, number = image.get("series_number") or "?", image.get("instance_number") or "?"
-        out += f" [key image: series {series}, image {number}]"
+        region = image.get("region")
+        where = f", columns {region[0]:g}-{region[2]:g}, rows {region[1]:g}-{region[3]:g}" if region else ""
+        out += f" [key image: series {series}, image {number}{where}]"
     if "impression_restated_from_mm" in finding:
         out += f" [impression said {finding['impression_restated_from_mm']} mm]"
     return out

@@ -35,22 +35,26 @@ class StoredInstance:
 
 @dataclass(frozen=True)
 class KeyImage:
-    """The image that shows a finding best: what the SR references and where a viewer lists it."""
+    """The image that shows a finding best: what the SR references, where a viewer lists it,
+    and where on it the model read the finding (`region`: left, top, right, bottom in its pixels)."""
 
     reference: ImageReference
     series_instance_uid: str
     series_number: int | None
     instance_number: int | None
+    region: tuple[float, float, float, float] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The result's record of it (findings JSON): "series 4, image 2" and the UIDs."""
         frame = {"frame": self.reference.frame_number} if self.reference.frame_number else {}
+        region = {"region": [round(v, 1) for v in self.region]} if self.region is not None else {}
         return {
             "series_instance_uid": self.series_instance_uid,
             "sop_instance_uid": self.reference.sop_instance_uid,
             "series_number": self.series_number,
             "instance_number": self.instance_number,
             **frame,
+            **region,
         }
 
 
@@ -100,8 +104,10 @@ def find_key_images(
     sources: Sequence[Sequence[int]],
     key_slices: Mapping[str, tuple[int, int]],
     stored: Mapping[str, StoredInstance],
+    key_regions: Mapping[str, tuple[float, float, float, float]] | None = None,
 ) -> dict[str, KeyImage]:
-    """Per finding, the instance (and frame) of the slice the model says shows it best.
+    """Per finding, the instance (and frame) of the slice the model says shows it best, and
+    where on it (`key_regions`, in that slice's pixels, which are the instance's own).
 
     `key_slices` gives (view, slice) as the model counted them: the view's index in the
     manifest and the slice's in its loaded volume, which `sources` (`Volume.sources`, per view)
@@ -124,5 +130,6 @@ def find_key_images(
             series_instance_uid=view.series_instance_uid,
             series_number=known.series_number,
             instance_number=known.instance_number,
+            region=(key_regions or {}).get(key),
         )
     return out

@@ -13,7 +13,11 @@ readable error instead of producing an SR that a PACS rejects or a viewer cannot
           HAS CONCEPT MOD CODE (363698007, SCT, "Finding Site") = <structure>   present, with a site
             HAS CONCEPT MOD CODE <Laterality | Topographical modifier> = <value>   when the site has one
           HAS PROPERTIES TEXT (122157, DCM, "Probability") = "0.031"      (Comprehensive SR)
+          INFERRED FROM IMAGE (121080, DCM, "Best illustration of finding")   (Comprehensive SR)
+          INFERRED FROM SCOORD (111030, DCM, "Image Region") POLYLINE = the region on it
+            SELECTED FROM IMAGE (260753009, SCT, "Source")               (Comprehensive SR)
         CONTAINS TEXT (122157, DCM, "Probability") = "0.031"  right after its CODE  (Basic Text SR)
+        CONTAINS IMAGE (121080, DCM, "Best illustration of finding")  after it      (Basic Text SR)
       CONTAINS CONTAINER (121072, DCM, "Impressions")  SEPARATE
         CONTAINS TEXT (121073, DCM, "Impression")
 
@@ -38,6 +42,7 @@ from datetime import datetime
 from typing import Literal
 
 import highdicom as hd
+import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -59,6 +64,9 @@ FINDING_SITE = hd.sr.CodedConcept("363698007", "SCT", "Finding Site")
 #: CID 7003 "Diagnostic Imaging Report Purpose of Reference": the image a finding is inferred
 #: from (TID 2002 row 2, INFERRED FROM TID 2001 row 1)
 BEST_ILLUSTRATION = hd.sr.CodedConcept("121080", "DCM", "Best illustration of finding")
+#: where on that image the model read the finding (the SCOORD that highdicom's TID 1410
+#: `ImageRegion` uses; here INFERRED FROM the finding, SELECTED FROM the image)
+IMAGE_REGION = hd.sr.CodedConcept("111030", "DCM", "Image Region")
 #: CID 240/241 "Present-Absent": SNOMED CT 272519000 replaced the inactive 2667000 for Absent.
 PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
@@ -126,6 +134,18 @@ def _positive_int(value: object, what: str) -> int:
 
 #: a coded concept as (CodeValue, CodingSchemeDesignator, CodeMeaning)
 CodeTriple = tuple[str, str, str]
+
+
+def _region(value: object, what: str) -> None:
+    """A rectangle in an image's pixels: four finite numbers, left < right, top < bottom, none negative."""
+    _typed(value, tuple, what)
+    assert isinstance(value, tuple)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if len(value) != 4 or not numbers or not all(math.isfinite(v) for v in value):
+        raise ValueError(f"{what} must be four finite numbers (left, top, right, bottom), got {value!r}")
+    left, top, right, bottom = value
+    if not (0 <= left < right and 0 <= top < bottom):
+        raise ValueError(f"{what} must have 0 <= left < right and 0 <= top < bottom, got {value!r}")
 
 
 def _code(value: object, what: str) -> hd.sr.CodedConcept:
@@ -200,12 +220,37 @@ class ImageReference:
             relationship_type=relationship,
         )
 
+    def region_item(self, bounds: tuple[float, float, float, float]) -> hd.sr.ScoordContentItem:
+        """The rectangle `bounds` (left, top, right, bottom in pixels) on this image as a closed
+        POLYLINE SCOORD, INFERRED FROM the finding and SELECTED FROM the image: a viewer that
+        draws SR regions outlines where on the key image the model read it."""
+        left, top, right, bottom = bounds
+        corners = [(left, top), (right, top), (right, bottom), (left, bottom), (left, top)]
+        item = hd.sr.ScoordContentItem(
+            IMAGE_REGION,
+            hd.sr.GraphicTypeValues.POLYLINE,
+            np.array(corners, dtype=np.float32),
+            pixel_origin_interpretation=None if self.frame_number is None else "FRAME",
+            relationship_type="INFERRED FROM",
+        )
+        item.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.SourceImageForRegion(
+                    referenced_sop_class_uid=self.sop_class_uid,
+                    referenced_sop_instance_uid=self.sop_instance_uid,
+                    referenced_frame_numbers=None if self.frame_number is None else [self.frame_number],
+                )
+            ]
+        )
+        return item
+
 
 @dataclass(frozen=True)
 class CodedFinding:
     """One output of the findings head: a coded concept, present or absent, P(present) and,
     for a present finding whose model names sites, where it is and, where the model found it on
-    an image, that image (`key_image`)."""
+    an image, that image (`key_image`) and where on it (`key_region`: left, top, right, bottom
+    in its pixels, 0, 0 the top left corner of the first pixel; Comprehensive SR only)."""
 
     key: str
     display: str
@@ -216,6 +261,7 @@ class CodedFinding:
     present: bool
     site: FindingSite | None = None
     key_image: ImageReference | None = None
+    key_region: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         _text(self.key, "CodedFinding.key")
@@ -236,6 +282,10 @@ class CodedFinding:
             _typed(self.key_image, ImageReference, "CodedFinding.key_image")
             if not self.present:
                 raise ValueError(f"CodedFinding.key_image is given for {self.key!r}, which is absent")
+        if self.key_region is not None:
+            _region(self.key_region, f"CodedFinding.key_region of {self.key!r}")
+            if self.key_image is None:
+                raise ValueError(f"CodedFinding.key_region is given for {self.key!r} without its key_image")
 
     @property
     def concept(self) -> hd.sr.CodedConcept:
@@ -410,6 +460,8 @@ def _content(
             children.append(hd.sr.TextContentItem(PROBABILITY, value, "HAS PROPERTIES"))
             if finding.key_image is not None:
                 children.append(finding.key_image.item("INFERRED FROM"))
+                if finding.key_region is not None:
+                    children.append(finding.key_image.region_item(finding.key_region))
         if children:
             code.ContentSequence = hd.sr.ContentSequence(children)
         if not nested:

@@ -238,7 +238,7 @@ def _process(
         )
     restated_by_key = {change.key: change for change in restated}
     stored = stored_instances(ctx.factory, manifest.study_instance_uid)
-    key_images = find_key_images(manifest, sources, output.key_slices, stored)
+    key_images = find_key_images(manifest, sources, output.key_slices, stored, output.key_regions)
     coded = [
         CodedFinding(
             key=key,
@@ -251,6 +251,7 @@ def _process(
             # the site the narrative was told; coded when the vocabulary codes that site
             site=code.sites.get(output.sites[key][0]) if key in output.sites else None,
             key_image=key_images[key].reference if key in key_images else None,
+            key_region=key_images[key].region if key in key_images else None,
         )
         for key, probability in output.findings.items()
         if (code := ctx.codes.get(key)) is not None

@@ -86,6 +86,13 @@ def token_halves(token_logits: torch.Tensor, slices: torch.Tensor) -> torch.Tens
     return torch.stack(halves, dim=-1)
 
 
+def best_tokens(token_logits: torch.Tensor) -> torch.Tensor:
+    """(n, T, F) patch-token logits -> (n, F) long: per slice and finding, the token (row by row
+    in the ViT's grid) that scores it highest; where on a key slice the finding lies
+    (`MsVlmProcessor.token_region`). Ties go to the first token."""
+    return token_logits.argmax(dim=1)
+
+
 def sides(
     halves: torch.Tensor,
     orientations: torch.Tensor,
@@ -161,12 +168,15 @@ def constrain_sites(
     return site_logits.masked_fill(wrong & keeps_one, fill)
 
 
-def key_slices(halves: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
-    """(B, V, Z, F, 4) `token_halves` (-inf on padding), (F,) bool -> (B, F, 2) long: per
-    selected finding the (view, slice) with the best token, where it reaches `KEY_SLICE_LOGIT`;
-    -1, -1 for the others. Ties go to the first view and slice."""
+def key_slices(halves: torch.Tensor, tokens: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
+    """(B, V, Z, F, 4) `token_halves` (-inf on padding), (B, V, Z, F) each slice's best patch
+    token (`best_tokens`), (F,) bool -> (B, F, 3) long: per selected finding the (view, slice)
+    with the best token, and that token, where it reaches `KEY_SLICE_LOGIT`; -1, -1, -1 for
+    the others. Ties go to the first view and slice."""
     batch, views, slices, labels, _ = halves.shape
     best, flat = halves.amax(dim=-1).permute(0, 3, 1, 2).reshape(batch, labels, views * slices).max(dim=-1)
-    out = torch.stack([flat // slices, flat % slices], dim=-1)
+    per_slice = tokens.to(flat.device).permute(0, 3, 1, 2).reshape(batch, labels, views * slices)
+    token = per_slice.gather(-1, flat.unsqueeze(-1)).squeeze(-1)
+    out = torch.stack([flat // slices, flat % slices, token], dim=-1)
     shown = (best >= KEY_SLICE_LOGIT) & findings.to(best.device)[None, :]
     return torch.where(shown[..., None], out, torch.full_like(out, -1))

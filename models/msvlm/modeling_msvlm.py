@@ -96,9 +96,10 @@ class MsVlmForReportGeneration(ReportModelBase):
 
     def encode_views_with_tokens(
         self, pixel_values: torch.Tensor, slice_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Slice embeddings and, with a token head, each slice's best token logit per finding
-        in each half of the slice (`laterality.token_halves`; -inf on padding).
+        in each half of the slice (`laterality.token_halves`; -inf on padding) and the token
+        that scores it highest (`laterality.best_tokens`; 0 on padding).
 
         Valid slices are gathered one chunk at a time, so no second copy of the study's
         pixels is made on the device.
@@ -108,18 +109,23 @@ class MsVlmForReportGeneration(ReportModelBase):
         valid = mask.flatten().nonzero().squeeze(1)
         width = self.config.vision.hidden_size
         out = flat_pixels.new_zeros((flat_pixels.shape[0], width), dtype=self.vision_model.dtype)
-        halves = None
+        halves = best = None
         if self.token_head is not None:
             labels = self.token_head.out_features
             halves = flat_pixels.new_full((flat_pixels.shape[0], labels, 4), -torch.inf, dtype=torch.float32)
+            best = torch.zeros((flat_pixels.shape[0], labels), dtype=torch.long, device=flat_pixels.device)
         for index in valid.split(self.config.slice_chunk_size):
             slices = flat_pixels[index]
             states = self.vision_model(pixel_values=slices).last_hidden_state
             out.index_copy_(0, index, self.slice_embedding(states).to(out.dtype))
-            if self.token_head is not None and halves is not None:
-                halves.index_copy_(0, index, laterality.token_halves(self.token_head(states[:, 1:]), slices))
+            if self.token_head is not None and halves is not None and best is not None:
+                token_logits = self.token_head(states[:, 1:])
+                halves.index_copy_(0, index, laterality.token_halves(token_logits, slices))
+                best.index_copy_(0, index, laterality.best_tokens(token_logits))
         grid = mask.shape
-        return out.view(*grid, width), None if halves is None else halves.view(*grid, -1, 4)
+        if halves is None or best is None:
+            return out.view(*grid, width), None, None
+        return out.view(*grid, width), halves.view(*grid, -1, 4), best.view(*grid, -1)
 
     # --- Z-former --------------------------------------------------------------------------
 
@@ -134,18 +140,20 @@ class MsVlmForReportGeneration(ReportModelBase):
         """Pixels or precomputed (B, V, Z, D_vision) slice features -> Z-former tokens."""
         if (pixel_values is None) == (slice_features is None):
             raise ValueError("pass exactly one of pixel_values and slice_features")
-        halves = None
+        halves = best = None
         if slice_features is None:
             assert pixel_values is not None
-            slice_features, halves = self.encode_views_with_tokens(pixel_values, slice_mask)
+            slice_features, halves, best = self.encode_views_with_tokens(pixel_values, slice_mask)
         packed = pack_views(slice_features, slice_mask, view_ids)
         output = self.zformer(packed.features, packed.view_ids, packed.positions, packed.mask)
-        return VisualEncoding(tokens=output.last_hidden_state, mask=packed.mask, token_halves=halves)
+        return VisualEncoding(
+            tokens=output.last_hidden_state, mask=packed.mask, token_halves=halves, best_tokens=best
+        )
 
     def key_slices(self, encoding: VisualEncoding) -> torch.Tensor | None:
-        """(B, F, 2): per finding with sites (`config.finding_sites`: the model places it), the
-        (view, slice) whose best patch token scores it highest, where that token shows it
-        (logit at least `laterality.KEY_SLICE_LOGIT`); -1, -1 elsewhere. None without a token head.
+        """(B, F, 3): per finding with sites (`config.finding_sites`: the model places it), the
+        (view, slice) whose best patch token scores it highest, and that token, where it shows
+        it (logit at least `laterality.KEY_SLICE_LOGIT`); -1s elsewhere. None without a token head.
 
         Why: a radiologist reading the report wants to see the finding, and the token that
         shows it says on which image. On the demo's held-out phantoms, the slice found this way
@@ -154,13 +162,13 @@ class MsVlmForReportGeneration(ReportModelBase):
         conglomerates, 5 of 5 liver lesions and 8 of 11 rectal lesions (README "The image that
         shows it").
         """
-        if encoding.token_halves is None:
+        if encoding.token_halves is None or encoding.best_tokens is None:
             return None
         placed = torch.tensor(
             [bool(self.config.sites_of(label)) for label in self.config.finding_labels or []],
             device=encoding.token_halves.device,
         )
-        return laterality.key_slices(encoding.token_halves, placed)
+        return laterality.key_slices(encoding.token_halves, encoding.best_tokens, placed)
 
     def sided_sites(
         self, encoding: VisualEncoding, site_logits: torch.Tensor, orientations: torch.Tensor

@@ -61,6 +61,10 @@ class ReportOutput:
     `key_slices` gives, for each finding called present whose token shows it on some slice
     (`MsVlmForReportGeneration.key_slices`), the (view, slice) that shows it best: the index of
     the view in the study as given and of the slice in that view's pixels.
+
+    `key_regions` gives, for those findings, where on that slice: the square of the patch token
+    that shows it, in the slice's pixels (`MsVlmProcessor.token_region`: left, top, right,
+    bottom), left out where that square lies in the padding around a non-square slice.
     """
 
     text: str
@@ -69,6 +73,7 @@ class ReportOutput:
     sites: dict[str, tuple[str, float]] = field(default_factory=dict)
     image_sides: dict[str, str] = field(default_factory=dict)
     key_slices: dict[str, tuple[int, int]] = field(default_factory=dict)
+    key_regions: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
 Precision = Literal["auto", "float32", "mixed", "bfloat16"]
@@ -187,6 +192,7 @@ class ReportGenerator:
             site_probabilities = torch.softmax(output.site_logits.float(), dim=-1).cpu()
         read_sides = None if output.finding_sides is None else output.finding_sides.cpu().tolist()
         key_slices = None if output.key_slices is None else output.key_slices.cpu().tolist()
+        grid = self.model.config.image_size // self.model.config.patch_size
         outputs = []
         for b, (study, text, probs, called) in enumerate(
             zip(studies, texts, probabilities, calls, strict=True)
@@ -206,10 +212,15 @@ class ReportGenerator:
                         if read_sides is not None and read_sides[b][j] >= 0:
                             image_sides[key] = SIDE_NAMES[read_sides[b][j]]
             shown = {}
+            regions = {}
             for j, key in enumerate(labels):
-                view, index = key_slices[b][j] if key_slices is not None else (-1, -1)
+                view, index, token = key_slices[b][j] if key_slices is not None else (-1, -1, -1)
                 if view >= 0 and present.get(key):
-                    shown[key] = (view, self.processor.source_slice(study[view].pixels.shape[0], index))
+                    n, rows, columns = study[view].pixels.shape
+                    shown[key] = (view, self.processor.source_slice(n, index))
+                    region = self.processor.token_region(rows, columns, token, grid)
+                    if region[2] > region[0] and region[3] > region[1]:
+                        regions[key] = region
             outputs.append(
                 ReportOutput(
                     text=text,
@@ -218,6 +229,7 @@ class ReportGenerator:
                     sites=sites,
                     image_sides=image_sides,
                     key_slices=shown,
+                    key_regions=regions,
                 )
             )
         return outputs

@@ -228,6 +228,35 @@ class MsVlmProcessor:
             return 0
         return round(index * (num_slices - 1) / (target - 1))
 
+    def token_region(
+        self, rows: int, columns: int, token: int, grid: int
+    ) -> tuple[float, float, float, float]:
+        """Where patch token `token` (row by row in a `grid` x `grid` ViT grid) lies in a
+        `rows` x `columns` source slice: (left, top, right, bottom) in its pixels, 0, 0 the top
+        left corner of its first pixel (as a DICOM SCOORD counts), clipped to the image.
+
+        The inverse of `preprocess_view`'s centred padding to a square and resizing, which maps
+        the square's edges onto the model's (interpolation without aligned corners), so a
+        token's square is exact in the source's pixels. Why: the key image's region
+        (`MsVlmForReportGeneration.key_slices`) must fall where the model read the finding.
+        """
+        if not 0 <= token < grid * grid:
+            raise ValueError(f"token {token} is not one of a {grid} x {grid} grid's")
+        side = max(rows, columns)
+        top, left = (side - rows) // 2, (side - columns) // 2
+        row, column = divmod(token, grid)
+        step = side / grid
+
+        def clip(value: float, high: int) -> float:
+            return min(max(value, 0.0), float(high))
+
+        return (
+            clip(column * step - left, columns),
+            clip(row * step - top, rows),
+            clip((column + 1) * step - left, columns),
+            clip((row + 1) * step - top, rows),
+        )
+
     def preprocess_view(self, view: ViewInput) -> torch.Tensor:
         """One view -> (n', 3, S, S) float32 normalised pixels, n' = `target_slices(n)`."""
         pixels = torch.from_numpy(np.ascontiguousarray(view.pixels, dtype=np.float32))

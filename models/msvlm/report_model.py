@@ -44,6 +44,9 @@ class VisualEncoding:
     #: with a token head, from pixels only: per view, slice and finding the best patch token's
     #: logit in each half of the slice (B, V, Z, F, 4), as `laterality.token_halves` gives them
     token_halves: torch.Tensor | None = None
+    #: with `token_halves`: per view, slice and finding the patch token that scores it highest
+    #: (B, V, Z, F), as `laterality.best_tokens` gives them
+    best_tokens: torch.Tensor | None = None
 
 
 @dataclass
@@ -74,8 +77,8 @@ class MsVlmGenerationOutput(ModelOutput):
     """sequences: generated token ids only (B, <= max_new_tokens); findings_logits (B, F);
     site_logits (B, F, S) with a site head; finding_sides (B, F) the side each finding was read
     on from the images (`laterality.sides`: 0 right, 1 left, 2 both, -1 not read), where one was;
-    key_slices (B, F, 2) the (view, slice) that shows each finding best (`key_slices`; -1, -1
-    where none does), with a token head."""
+    key_slices (B, F, 3) the (view, slice) and patch token that show each finding best
+    (`key_slices`; -1s where none does), with a token head."""
 
     sequences: torch.Tensor | None = None
     findings_logits: torch.Tensor | None = None
@@ -198,8 +201,8 @@ class ReportModelBase(PreTrainedModel):
         return site_logits, None
 
     def key_slices(self, encoding: VisualEncoding) -> torch.Tensor | None:
-        """(B, F, 2): per finding the (view, slice) that shows it best, read from the images;
-        None for a model that reads no finding's place from them (this base)."""
+        """(B, F, 3): per finding the (view, slice) and patch token that show it best, read from
+        the images; None for a model that reads no finding's place from them (this base)."""
         return None
 
     def findings_present(self, findings_logits: torch.Tensor) -> torch.Tensor:

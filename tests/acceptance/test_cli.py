@@ -96,6 +96,8 @@ def test_demo_command_runs_the_loop_and_shows_where_the_findings_were_planted(tm
     )
     # the SR points to the image that shows each placed finding best, listed as a viewer lists it
     assert out.count("Best illustration of finding: image ") == 2, out[-3000:]
-    key_image = r"Lung nodule PRESENT p=[\d.]+ \[site: [^]]*\] \[key image: series \d+, image \d+\]"
+    # with where on it the model read the finding (its token's square, in the image's pixels)
+    region = r", columns [\d.]+-[\d.]+, rows [\d.]+-[\d.]+"
+    key_image = rf"Lung nodule PRESENT p=[\d.]+ \[site: [^]]*\] \[key image: series \d+, image \d+{region}\]"
     assert re.search(key_image, out), out[-1500:]
     assert list((tmp_path / "demo" / "storage").rglob("*.dcm"))  # the study the node stored

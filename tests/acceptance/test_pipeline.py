@@ -41,7 +41,9 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 def test_study_to_validated_sr_at_the_pacs(
     node_factory: Callable[..., NodeProcess], tiny_model: Path, pacs: StoreScp, tmp_path: Path
 ) -> None:
-    node = pipeline_node(node_factory, tiny_model, pacs.port).start()
+    # Comprehensive SR, which carries each key image's region (the other tests keep Basic Text)
+    node = pipeline_node(node_factory, tiny_model, pacs.port, extra={"report": {"document": "comprehensive"}})
+    node.start()
     files = phantom(tmp_path, seed=11)
     send(node, files)
     wait_for(lambda: delivered(node.database_url) == 1, 120, "the SR delivered to the PACS", node)
@@ -90,6 +92,21 @@ def test_study_to_validated_sr_at_the_pacs(
     assert {code: image["sop_instance_uid"] for code, image in keyed.items()} == {
         f"{scheme}:{value}": uid for (value, scheme), (_, _, uid, _) in back.key_images.items()
     }
+    # and where on it: the region the result gives, outlined on that image, inside its pixels
+    sources = {dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in files}
+    for code, image in keyed.items():
+        left, top, right, bottom = image["region"]
+        shown = dcmread(sources[image["sop_instance_uid"]], stop_before_pixels=True)
+        assert 0 <= left < right <= shown.Columns and 0 <= top < bottom <= shown.Rows, image
+        scheme, value = code.split(":")
+        relationship, graphic, corners, selected_from = back.key_regions[(value, scheme)]
+        assert (relationship, graphic, selected_from[2]) == (
+            "INFERRED FROM",
+            "POLYLINE",
+            image["sop_instance_uid"],
+        )
+        outline = (left, top, right, top, right, bottom, left, bottom, left, top)
+        assert [v for point in corners for v in point] == pytest.approx(outline, abs=0.06)
     assert detail["result"]["sr_sop_instance_uid"] == sr.SOPInstanceUID
     assert [d["state"] for d in detail["deliveries"]] == ["succeeded"]
     assert all(detail["timings"][k] is not None for k in ("load_seconds", "infer_seconds", "report_seconds"))

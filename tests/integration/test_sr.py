@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tests.support.sr_fixtures import (
     FINDINGS,
     IMPRESSION_TEXT,
     KEY_IMAGE,
+    KEY_REGION,
     PREFIX,
     STUDY,
     build_kwargs,
@@ -163,6 +165,16 @@ def test_sr_validates_and_reads_back(tmp_path: Path, document: str, replaces: bo
         ),
     }
     assert KEY_IMAGE.sop_instance_uid in {uid for *_, uid in expected}
+    # and where on it, as a closed rectangle a viewer outlines: Comprehensive SR only, Basic
+    # Text SR has no SCOORD
+    left, top, right, bottom = KEY_REGION
+    corners = ((left, top), (right, top), (right, bottom), (left, bottom), (left, top))
+    source = ("SELECTED FROM", CTImageStorage, KEY_IMAGE.sop_instance_uid, ())
+    assert back.key_regions == (
+        {("786838002", "SCT"): ("INFERRED FROM", "POLYLINE", corners, source)}
+        if document == "comprehensive"
+        else {}
+    )
     assert back.observer == {
         "Observer Type": "Device",
         "Device Observer UID": DEVICE.uid,
@@ -350,6 +362,15 @@ def test_value_objects_validate() -> None:
         ImageReference(sop_class_uid=KEY_IMAGE.sop_class_uid, sop_instance_uid=STUDY, frame_number=0)
     with pytest.raises(ValueError, match="absent"):
         dataclasses.replace(FINDINGS[0], key_image=KEY_IMAGE)  # an absent finding has no image
+    nodule = next(f for f in FINDINGS if f.key_region is not None)
+    with pytest.raises(ValueError, match="without its key_image"):
+        dataclasses.replace(nodule, key_image=None)
+    inverted, negative = (40.0, 16.0, 32.0, 24.0), (-1.0, 16.0, 40.0, 24.0)
+    for bad in (inverted, negative, (32.0, 16.0, math.inf, 24.0), (1, 2, 3)):
+        with pytest.raises(ValueError, match="key_region"):
+            dataclasses.replace(nodule, key_region=bad)
+    with pytest.raises(TypeError, match="key_region"):
+        dataclasses.replace(nodule, key_region=[32.0, 16.0, 40.0, 24.0])
     with pytest.raises(ValueError, match="loop safety|recognises"):
         DeviceInfo(uid=DEVICE.uid, name="n", manufacturer="ACME", model_name="m", software_version="1")
     with pytest.raises(ValueError):

@@ -27,6 +27,7 @@ from models.msvlm.laterality import (
     BOTH_LOGIT,
     BOTH_SIDES,
     UNKNOWN_SIDE,
+    best_tokens,
     body_centre,
     constrain_sites,
     key_slices,
@@ -154,6 +155,7 @@ def test_a_finding_that_may_lie_on_both_sides_does_when_each_sides_token_shows_i
 
 def test_key_slices_are_where_the_best_token_shows_each_selected_finding() -> None:
     halves = torch.full((2, 2, 3, 3, 4), -5.0)
+    tokens = torch.arange(2 * 2 * 3 * 3).view(2, 2, 3, 3)  # each slice and finding its own token
     halves[0, 1, 2, 0, 3] = 4.0  # study 0: finding 0 best in view 1, slice 2
     halves[0, 0, 1, 0, 0] = 3.0
     halves[0, 0, 0, 1, 1] = -0.5  # finding 1's best token does not show it
@@ -161,11 +163,38 @@ def test_key_slices_are_where_the_best_token_shows_each_selected_finding() -> No
     halves[1, 1] = -torch.inf  # study 1 has one view, the other is padding
     halves[1, 0, 1, 0, 2] = 0.0  # at the threshold
     selected = torch.tensor([True, True, True])
-    out = key_slices(halves, selected).tolist()
-    assert out[0] == [[1, 2], [-1, -1], [0, 0]]
-    assert out[1] == [[0, 1], [-1, -1], [-1, -1]]
-    assert key_slices(halves, torch.tensor([False, True, True])).tolist()[0][0] == [-1, -1]
-    assert key_slices(torch.full((1, 1, 2, 3, 4), -torch.inf), selected).tolist() == [[[-1, -1]] * 3]
+    out = key_slices(halves, tokens, selected).tolist()
+    assert out[0] == [[1, 2, int(tokens[0, 1, 2, 0])], [-1, -1, -1], [0, 0, int(tokens[0, 0, 0, 2])]]
+    assert out[1] == [[0, 1, int(tokens[1, 0, 1, 0])], [-1, -1, -1], [-1, -1, -1]]
+    assert key_slices(halves, tokens, torch.tensor([False, True, True])).tolist()[0][0] == [-1, -1, -1]
+    none = torch.full((1, 1, 2, 3, 4), -torch.inf)
+    zeros = torch.zeros((1, 1, 2, 3), dtype=torch.long)
+    assert key_slices(none, zeros, selected).tolist() == [[[-1, -1, -1]] * 3]
+
+
+def test_a_slices_best_token_is_the_one_that_scores_the_finding_highest() -> None:
+    logits = torch.full((2, 16, 2), -3.0)
+    logits[0, 9, 0] = 2.0  # slice 0: finding 0 on token 9 (row 2, column 1 of a 4 x 4 grid)
+    logits[0, 3, 1] = -1.0  # finding 1 shows nowhere: still its highest token
+    logits[1, [5, 6], 0] = 1.0  # a tie goes to the first
+    assert best_tokens(logits).tolist() == [[9, 3], [5, 0]]
+
+
+def test_a_tokens_region_is_its_square_in_the_source_slices_pixels(processor: MsVlmProcessor) -> None:
+    """The inverse of padding to a square and resizing: an 8 x 8 grid over a 512 x 512 CT
+    slice has 64-pixel squares; over a 64-row, 48-column one (padded by 8 columns each side) its
+    squares shift by the padding and are clipped to the image."""
+    assert processor.token_region(512, 512, 9, 8) == (64.0, 64.0, 128.0, 128.0)
+    assert processor.token_region(512, 512, 63, 8) == (448.0, 448.0, 512.0, 512.0)
+    assert processor.token_region(64, 48, 1, 8) == (0.0, 0.0, 8.0, 8.0)
+    left, _, right, _ = processor.token_region(64, 48, 0, 8)
+    assert left == right == 0.0  # in the padding: no area
+    assert processor.token_region(64, 48, 62, 8) == (40.0, 56.0, 48.0, 64.0)
+    assert processor.token_region(48, 64, 8, 8) == (0.0, 0.0, 8.0, 8.0)  # rows padded instead
+    _, top, _, bottom = processor.token_region(48, 64, 0, 8)
+    assert top == bottom == 0.0
+    with pytest.raises(ValueError, match="grid"):
+        processor.token_region(512, 512, 64, 8)
 
 
 def test_site_side_reads_the_first_word() -> None:
@@ -347,11 +376,21 @@ def test_the_report_names_the_slice_that_shows_a_placed_finding_best(
     ]
     labels = list(model.config.finding_labels or [])
     nodule = labels.index("lung_nodule")
-    read = torch.full((1, len(labels), 2), -1)
-    read[0, nodule] = torch.tensor([1, processor.target_slices(many) - 1])  # the resampled view's last
+    grid = model.config.image_size // model.config.patch_size
+    read = torch.full((1, len(labels), 3), -1)
+    # the resampled view's last slice, its bottom right token
+    read[0, nodule] = torch.tensor([1, processor.target_slices(many) - 1, grid * grid - 1])
     monkeypatch.setattr(model, "key_slices", lambda encoding: read)
     report = generator.generate_report(views, max_new_tokens=2)
     assert report.key_slices == {"lung_nodule": (1, many - 1)}
+    step = 32 / grid
+    assert report.key_regions == {"lung_nodule": (32 - step, 32 - step, 32.0, 32.0)}
+    read[0, nodule, 2] = 0  # the top left token of a slice padded to a square...
+    narrow = views[1].pixels[:, :, : 32 - 2 * int(step)]
+    views[1] = ViewInput(pixels=narrow, modality="CT", view_key=views[1].view_key)
+    report = generator.generate_report(views, max_new_tokens=2)
+    assert report.key_slices == {"lung_nodule": (1, many - 1)}
+    assert report.key_regions == {}  # ...lies in the padding: the image, but no region
 
     model.config.findings_threshold = 1 - 1e-6  # nothing called present: no key image
     assert generator.generate_report(views, max_new_tokens=2).key_slices == {}

@@ -37,6 +37,8 @@ DEVICE = DeviceInfo(
 KEY_IMAGE = ImageReference(
     sop_class_uid=CTImageStorage, sop_instance_uid=generate_uid(entropy_srcs=[STUDY, SERIES[1], "0"])
 )
+#: where on it: the square of the patch token that shows the nodule (columns 32-40, rows 16-24)
+KEY_REGION = (32.0, 16.0, 40.0, 24.0)
 ALGORITHM = AlgorithmInfo(name="MS-VLM demo", version="0.3.1", weights_sha256="0123456789abcdef" * 4)
 FINDINGS = (
     CodedFinding(
@@ -71,6 +73,7 @@ FINDINGS = (
         probability=0.5,
         present=True,
         key_image=KEY_IMAGE,
+        key_region=KEY_REGION,
     ),
     CodedFinding(
         key="nodes",
@@ -157,6 +160,10 @@ def build_kwargs(
     )
 
 
+#: an IMAGE item read back: relationship, SOP class, SOP instance, frames
+ImageRead = tuple[str, str, str, tuple[int, ...]]
+
+
 @dataclass
 class ReadBack:
     """What a consumer gets out of the content tree."""
@@ -169,12 +176,17 @@ class ReadBack:
     sites: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     #: (code value, scheme) of a finding -> its "Best illustration of finding": relationship
     #: (INFERRED FROM under it, or CONTAINS after it in Basic Text), SOP class, SOP instance, frames
-    key_images: dict[tuple[str, str], tuple[str, str, str, tuple[int, ...]]] = field(default_factory=dict)
+    key_images: dict[tuple[str, str], ImageRead] = field(default_factory=dict)
+    #: (code value, scheme) of a finding -> the region on its key image: relationship, graphic
+    #: type, points, and what it is SELECTED FROM (as `key_images` gives an image)
+    key_regions: dict[tuple[str, str], tuple[str, str, tuple[tuple[float, float], ...], ImageRead]] = field(
+        default_factory=dict
+    )
     observer: dict[str, str] = field(default_factory=dict)
     continuity: dict[str, str] = field(default_factory=dict)
 
 
-def _image(item: Dataset) -> tuple[str, str, str, tuple[int, ...]]:
+def _image(item: Dataset) -> ImageRead:
     ref = item.ReferencedSOPSequence[0]
     frames = ref.get("ReferencedFrameNumber", []) or []
     return (
@@ -222,6 +234,15 @@ def read_back(ds: Dataset) -> ReadBack:
                         out.sites[last] = (site.ConceptCodeSequence[0].CodeValue, *modifiers)
                     if site.ConceptNameCodeSequence[0].CodeValue == "121080":
                         out.key_images[last] = _image(site)
+                    if site.ConceptNameCodeSequence[0].CodeValue == "111030":
+                        (source,) = site.ContentSequence
+                        points = [float(v) for v in site.GraphicData]
+                        out.key_regions[last] = (
+                            site.RelationshipType,
+                            site.GraphicType,
+                            tuple(zip(points[::2], points[1::2], strict=True)),
+                            _image(source),
+                        )
             elif name.value == "121080" and last is not None:
                 out.key_images[last] = _image(child)
             elif name.value == "122157" and last is not None:

@@ -46,6 +46,7 @@ def test_a_key_slice_is_traced_to_its_instance_and_frame_as_a_viewer_lists_it() 
         sources,
         {"lung_nodule": (0, 2), "rectal_lesion": (1, 2), "liver_lesion": (0, 1)},
         stored,
+        {"lung_nodule": (32.0, 16.25, 40.0, 24.0)},
     )
     nodule, rectal = found["lung_nodule"], found["rectal_lesion"]
     assert (nodule.reference.sop_instance_uid, nodule.reference.frame_number) == ("1.2.3.2", None)
@@ -54,8 +55,10 @@ def test_a_key_slice_is_traced_to_its_instance_and_frame_as_a_viewer_lists_it() 
         "sop_instance_uid": "1.2.3.2",
         "series_number": 3,
         "instance_number": 9,
+        "region": [32.0, 16.2, 40.0, 24.0],  # where on it, to a tenth of a pixel
     }
     # the volume's third slice is the manifest's first ref, frame 2: DICOM frame number 3
     assert (rectal.reference.sop_class_uid, rectal.reference.frame_number) == (ENHANCED_MR, 3)
     assert rectal.as_json()["frame"] == 3
+    assert rectal.region is None and "region" not in rectal.as_json()  # the model gave none
     assert "liver_lesion" not in found  # its instance is not in the ledger: no guessed reference

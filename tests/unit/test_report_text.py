@@ -126,3 +126,7 @@ def test_a_finding_reads_on_one_terminal_line_with_its_site_key_image_and_correc
     )
     unnumbered = {**nodule, "key_image": {"series_number": None, "instance_number": None}}
     assert "[key image: series ?, image ?]" in finding_line(unnumbered)  # a scanner left them out
+    region = {**nodule["key_image"], "region": [192.0, 64.0, 256.0, 128.5]}  # type: ignore[dict-item]
+    assert "[key image: series 4, image 2, columns 192-256, rows 64-128.5]" in finding_line(
+        {**nodule, "key_image": region}
+    )
