@@ -73,7 +73,7 @@ from models.training.stages import (
     stage3a_findings,
 )
 
-MODEL_VERSION = "6"
+MODEL_VERSION = "7"
 #: findings whose side is read from the token that shows them (`MsVlmConfig.token_side_findings`)
 #: whenever the token head is trained: the lungs and pleurae lie either side of the body's
 #: midline (an effusion is placed by its centroid when it is on one side, and read on both
