@@ -192,7 +192,8 @@ class ReportGenerator:
             site_probabilities = torch.softmax(output.site_logits.float(), dim=-1).cpu()
         read_sides = None if output.finding_sides is None else output.finding_sides.cpu().tolist()
         key_slices = None if output.key_slices is None else output.key_slices.cpu().tolist()
-        grid = self.model.config.image_size // self.model.config.patch_size
+        # the token grid of a model with a token head (the only kind that gives key slices)
+        grid = 0 if key_slices is None else self.model.config.image_size // self.model.config.patch_size
         outputs = []
         for b, (study, text, probs, called) in enumerate(
             zip(studies, texts, probabilities, calls, strict=True)
