@@ -146,6 +146,13 @@ def show_job(session: Session, job_id: int) -> dict[str, Any]:
     }
 
 
+def region_text(region: list[float]) -> str:
+    """A key image's region (left, top, right, bottom in its pixels) as a reader finds it on
+    the image: "columns 192-256, rows 64-128"; for the terminal and the dashboard alike."""
+    left, top, right, bottom = region
+    return f"columns {left:g}-{right:g}, rows {top:g}-{bottom:g}"
+
+
 def finding_line(finding: dict[str, Any]) -> str:
     """One coded finding of a job's result, for a terminal: "Lung nodule PRESENT p=0.99 [site:
     right upper lobe, p=0.62; side read from the images] [key image: series 4, image 2]"."""
@@ -158,7 +165,7 @@ def finding_line(finding: dict[str, Any]) -> str:
     if image is not None:
         series, number = image.get("series_number") or "?", image.get("instance_number") or "?"
         region = image.get("region")
-        where = f", columns {region[0]:g}-{region[2]:g}, rows {region[1]:g}-{region[3]:g}" if region else ""
+        where = f", {region_text(region)}" if region else ""
         out += f" [key image: series {series}, image {number}{where}]"
     if "impression_restated_from_mm" in finding:
         out += f" [impression said {finding['impression_restated_from_mm']} mm]"

@@ -85,7 +85,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(seconds=_seconds, when=_when, short=_short)
+    env.filters.update(seconds=_seconds, when=_when, short=_short, region=admin.region_text)
     return env
 
 
